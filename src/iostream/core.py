@@ -1,0 +1,204 @@
+"""The sans-IO core: buffering, coalescing, splitting and decoding of stream text.
+
+Nothing here owns a thread, a socket, a lock or a clock. Callers pass the current
+time in (``now``, seconds on any monotonic scale) and do their own locking: every
+class in this module is single-threaded, and the I/O layers (:mod:`iostream.outstream`,
+:mod:`iostream.fdcapture`) serialise access to it.
+
+The model:
+
+* A *run* is text written by one owner (one stream: stdout or stderr) under one
+  parent header. Consecutive writes of the same owner under the same parent join
+  the same run, even when other parents' writes come between them.
+* When one owner writes under a parent whose latest run belongs to another owner
+  (stdout then stderr in the same cell), a new run starts, so the order across
+  streams of the same parent is kept.
+* :meth:`OutputBuffer.drain` hands the runs out in the order they were started,
+  each split into messages of at most ``max_message_chars`` characters.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Default upper bound on the text of one ``stream`` message (characters).
+DEFAULT_MAX_MESSAGE_CHARS = 1 << 20
+
+#: Parent headers are plain dicts; values may be unhashable.
+Parent = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One message's worth of text: ``owner`` wrote ``text`` under ``parent``."""
+
+    owner: int
+    parent: Parent
+    text: str
+
+
+@dataclass
+class _Run:
+    owner: int
+    parent: Parent
+    parts: list[str] = field(default_factory=list)
+
+
+class FlushPolicy:
+    """Decides when buffered text is due, given the time of the last flush.
+
+    Output after an idle period goes out almost at once (``idle_delay``), so the
+    first line of a cell appears without waiting; while output keeps coming it is
+    batched, at most one flush per ``interval`` after the previous one.
+    """
+
+    def __init__(self, idle_delay: float = 0.002) -> None:
+        self.idle_delay = idle_delay
+        self._last_flush: float | None = None
+
+    def delay(self, now: float, interval: float) -> float:
+        """Seconds from ``now`` until a flush of newly buffered text is due.
+
+        ``interval`` is the batching period (the stream's ``flush_interval``).
+        """
+        last = self._last_flush
+        if last is None or now - last >= interval:
+            return min(self.idle_delay, interval)
+        return max(0.0, last + interval - now)
+
+    def flushed(self, now: float) -> None:
+        """Record that buffered text was flushed at ``now``."""
+        self._last_flush = now
+
+
+class OutputBuffer:
+    """Text waiting to be published, grouped in runs per owner and parent.
+
+    Owners are integers chosen by the caller (one per stream). Parents are matched
+    by :func:`parent_key`.
+    """
+
+    def __init__(self, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS) -> None:
+        if max_message_chars < 1:
+            raise ValueError("max_message_chars must be at least 1")
+        self.max_message_chars = max_message_chars
+        self._runs: list[_Run] = []
+        # parent key -> latest run under that parent
+        self._latest: dict[object, _Run] = {}
+        self.pending_chars = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._runs)
+
+    def append(self, owner: int, parent: Parent, text: str) -> None:
+        """Add ``text`` written by ``owner`` under ``parent``."""
+        if not text:
+            return
+        key = parent_key(parent)
+        run = self._latest.get(key)
+        if run is None or run.owner != owner:
+            run = _Run(owner, parent)
+            self._runs.append(run)
+            self._latest[key] = run
+        run.parts.append(text)
+        self.pending_chars += len(text)
+
+    def pending_for(self, owner: int) -> bool:
+        """Whether ``owner`` has text waiting."""
+        return any(run.owner == owner for run in self._runs)
+
+    def drain(self, owner: int | None = None) -> list[Chunk]:
+        """Remove and return the buffered text, as messages in publishing order.
+
+        With ``owner`` given, only that owner's runs are taken; the others stay.
+        """
+        if owner is None:
+            taken, kept = self._runs, []
+        else:
+            taken = [run for run in self._runs if run.owner == owner]
+            kept = [run for run in self._runs if run.owner != owner]
+        self._runs = kept
+        self._latest = {parent_key(run.parent): run for run in kept}
+        self.pending_chars = sum(len(part) for run in kept for part in run.parts)
+        return [
+            Chunk(run.owner, run.parent, piece)
+            for run in taken
+            for piece in split_text("".join(run.parts), self.max_message_chars)
+        ]
+
+
+def parent_key(parent: Parent) -> object:
+    """A cheap key under which writes for the same parent coalesce.
+
+    Headers are matched by ``msg_id`` (unique per message), so equal headers held
+    in different dict objects (one per stream) match; all empty headers match;
+    a header without a string ``msg_id`` matches only itself (by identity; its
+    run keeps it alive, so the id is not reused meanwhile). No value is hashed,
+    so headers holding unhashable values work.
+    """
+    if not parent:
+        return None
+    msg_id = parent.get("msg_id")
+    return msg_id if isinstance(msg_id, str) else id(parent)
+
+
+def split_text(text: str, limit: int) -> Iterator[str]:
+    """Yield pieces of ``text`` of at most ``limit`` characters, in order.
+
+    A piece ends after the last newline inside the window when there is one in
+    its second half, so lines are only broken when they are longer than about
+    half the limit. Splitting works on code points, so no character is broken.
+    """
+    start, end = 0, len(text)
+    while end - start > limit:
+        cut = text.rfind("\n", start + limit // 2, start + limit)
+        stop = cut + 1 if cut >= 0 else start + limit
+        yield text[start:stop]
+        start = stop
+    if start < end:
+        yield text[start:]
+
+
+def complete_lines(text: str) -> tuple[str, str]:
+    """Split ``text`` into (everything up to the last newline, the rest)."""
+    cut = text.rfind("\n") + 1
+    return text[:cut], text[cut:]
+
+
+def make_publishable(text: str) -> str:
+    """Return ``text`` in a form that UTF-8 can encode.
+
+    Surrogate pairs written as two code points are combined into the character
+    they stand for; lone surrogates become U+FFFD. Other text is returned as is.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+class Utf8Decoder:
+    """Incremental UTF-8 decoding of byte chunks read from a file descriptor.
+
+    A character split across two reads is returned whole once its last byte
+    arrives; invalid bytes become U+FFFD. Never raises on any input.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def decode(self, data: bytes) -> str:
+        """Decode the next chunk; an incomplete trailing character is held back."""
+        return self._decoder.decode(data)
+
+    def finish(self) -> str:
+        """Return what is held back (as U+FFFD if incomplete) and reset."""
+        text = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        return text

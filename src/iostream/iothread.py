@@ -1,0 +1,437 @@
+"""The IOPub thread: one daemon thread that owns the IOPub socket.
+
+Thread affinity, stated once: methods whose names start with ``_io_`` run on the
+IO thread only. Every other public method may be called from any thread.
+
+The one cross-thread primitive is :meth:`IOPubThread.schedule`. Its guarantee:
+
+* calls run in the order ``schedule`` was called (FIFO), one at a time, on the
+  IO thread while it runs, else at once on the caller's thread (serialised by a
+  lock, so two threads never use the socket together);
+* every ``schedule`` call that has returned runs before :meth:`IOPubThread.stop`
+  returns (unless a scheduled call blocks past the stop timeout, which is logged);
+* it never blocks on the IO thread: it appends to a deque under a short lock and
+  wakes the thread through an inproc pipe only if the thread is not already awake.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+import weakref
+from binascii import b2a_hex
+from collections import deque
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+import zmq
+from tornado.ioloop import IOLoop
+
+from . import forksafety
+from .background_socket import BackgroundSocket
+from .subprocess_pipe import PipeClient, PipeServer
+
+logger = logging.getLogger("iostream")
+
+MASTER = 0
+CHILD = 1
+
+#: Bytes read from a captured file descriptor at a time.
+PIPE_BUFFER_SIZE = 1000
+
+Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class _State(Enum):
+    NEW = "new"  # not started: calls run inline
+    RUNNING = "running"  # calls are queued for the IO thread
+    STOPPING = "stopping"  # still queued; the thread drains, then stops
+    STOPPED = "stopped"  # calls run inline
+
+
+class IOPubThread:
+    """Sends IOPub messages from a background thread.
+
+    ``IOPubThread(socket).background_socket`` is a socket-like object whose sends
+    always happen on this thread. ``socket`` may be a zmq PUB, XPUB or PUSH socket,
+    or any object with ``send_multipart`` (such as ipykernel's in-process
+    DummySocket).
+    """
+
+    #: Seconds :meth:`stop` waits for the thread to finish the queued calls.
+    stop_timeout = 30.0
+
+    def __init__(self, socket: Any, pipe: bool = False, session: Any = False) -> None:
+        self.socket: Any = socket
+        self.session: Any = session
+        self.background_socket = BackgroundSocket(self)
+        self._master_pid = os.getpid()
+        self._pipe_flag = bool(pipe)
+        self._events: deque[Event] = deque()
+        self._stop_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
+        self._warned_no_socket = False
+        self._pipe_server: PipeServer | None = None
+        self._pipe_client: PipeClient | None = None
+        self._is_xpub = _socket_type(socket) == zmq.XPUB
+        if self._is_xpub:
+            # Without VERBOSE, XPUB passes up only the first subscription to a
+            # topic, and later subscribers would never get their welcome.
+            socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self._init_process_state()
+        # (endpoint, key) of the parent's pipe, inherited by forked children.
+        self._parent_pipe: tuple[str, bytes] | None = None
+        self._child_needs_thread = False
+        if pipe:
+            self._pipe_server = PipeServer(self._context)
+            self._parent_pipe = (self._pipe_server.endpoint, self._pipe_server.key)
+        forksafety.register(self)
+
+    def _init_process_state(self) -> None:
+        """Create the locks, wake pipe, loop and thread of the current process."""
+        self._lock = threading.Lock()
+        self._inline_lock = threading.RLock()
+        self._state = _State.NEW
+        self._wake_pending = False
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._context.setsockopt(zmq.LINGER, 0)
+        address = "inproc://iostream-" + b2a_hex(os.urandom(8)).decode()
+        self.pipe_in: zmq.Socket[bytes] = self._context.socket(zmq.PULL)
+        self.pipe_in.bind(address)
+        self.pipe_out: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
+        self.pipe_out.connect(address)
+        self.io_loop: IOLoop = IOLoop(make_current=False)
+        self.thread = threading.Thread(target=self._io_main, name="IOPub", daemon=True)
+        self.thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
+        self.thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+
+    # -- compatibility names -------------------------------------------------
+
+    @property
+    def pub_socket(self) -> Any:
+        """The socket messages are published on (same as ``socket``)."""
+        return self.socket
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self.socket is None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` has begun (timers armed now would never fire)."""
+        return self._state is _State.STOPPING or self._state is _State.STOPPED
+
+    def _is_master_process(self) -> bool:
+        return os.getpid() == self._master_pid
+
+    def _check_mp_mode(self) -> int:
+        """``CHILD`` in a forked child that pipes to its parent, else ``MASTER``."""
+        if self._pipe_flag and not self._is_master_process():
+            return CHILD
+        return MASTER
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the IO thread and register :meth:`stop` with ``atexit``. Any thread."""
+        with self._lock:
+            if self._state is not _State.NEW:
+                return
+            self._state = _State.RUNNING
+            self._wake_pending = bool(self._events)
+        self.thread.start()
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        """Run everything scheduled so far, then stop the thread. Idempotent.
+
+        Returns within about ``stop_timeout`` seconds even if a scheduled call
+        blocks; that case is logged. Any thread but the IO thread.
+        """
+        if self._on_io_thread():
+            raise RuntimeError("IOPubThread.stop() cannot be called from the IO thread")
+        with self._lock:
+            if self._state is _State.NEW:
+                self._state = _State.STOPPED
+            if self._state is not _State.RUNNING:
+                running = False
+            else:
+                running = True
+                self._events.append((self._io_run_stop_callbacks, (), {}))
+                self._state = _State.STOPPING
+                self._wake_locked()
+        if running or self.thread.is_alive():
+            self.thread.join(self.stop_timeout)
+            if self.thread.is_alive():
+                logger.error("iostream: IOPub thread did not stop in %ss", self.stop_timeout)
+                return
+        elif self._state is _State.STOPPED:
+            self._run_stop_callbacks_inline()
+        self._close_pipes()
+
+    def close(self) -> None:
+        """Stop the thread if needed, then close the IOPub socket. Idempotent."""
+        if self.closed:
+            return
+        if not self._on_io_thread():
+            self.stop()
+        socket, self.socket = self.socket, None
+        if socket is not None and hasattr(socket, "close"):
+            socket.close()
+
+    def add_stop_callback(self, callback: Callable[[], None]) -> None:
+        """Have the bound method ``callback`` run on the IO thread when stopping.
+
+        Held weakly: it is forgotten when its object is collected. Any thread.
+        """
+        with self._lock:
+            self._stop_callbacks.append(weakref.WeakMethod(callback))  # type: ignore[arg-type]
+
+    # -- the cross-thread primitive ------------------------------------------
+
+    def schedule(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run ``f(*args, **kwargs)`` on the IO thread, or at once if it is not running.
+
+        See the module docstring for the ordering and completion guarantee.
+        Exceptions raised by ``f`` are logged, never propagated. Any thread.
+        """
+        if self._child_needs_thread:
+            self._start_child_thread()
+        with self._lock:
+            if self._state is _State.RUNNING or self._state is _State.STOPPING:
+                self._events.append((f, args, kwargs))
+                if not self._wake_pending:
+                    self._wake_locked()
+                return
+        with self._inline_lock:
+            self._call(f, args, kwargs)
+
+    def flush(self, timeout: float = 1.0) -> bool:
+        """Wait until everything scheduled so far has run. Any thread.
+
+        Returns whether it did within ``timeout`` seconds. On the IO thread
+        itself nothing can be waited for: returns whether the queue is empty.
+        """
+        if self._on_io_thread():
+            return not self._events
+        done = threading.Event()
+        self.schedule(done.set)
+        return done.wait(timeout)
+
+    def send_multipart(self, *args: Any, **kwargs: Any) -> None:
+        """Send a multipart message on the IO thread (socket-like). Any thread.
+
+        Called on the IO thread, it sends at once.
+        """
+        if self._on_io_thread():
+            self._really_send(*args, **kwargs)
+        else:
+            self.schedule(self._really_send, *args, **kwargs)
+
+    def _really_send(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
+        """Perform one send: on the socket, or to the parent from a forked child.
+
+        Runs where :meth:`schedule` runs its calls. Never raises: a missing or
+        closed socket is logged once and the message dropped.
+        """
+        if self._is_master_process():
+            self._send_on_socket(msg, *args, **kwargs)
+        elif self._pipe_client is not None:
+            self._pipe_client.send([bytes(part) for part in msg])
+        else:
+            self._warn_dropped("a forked child without pipe=True cannot reach the socket")
+
+    def _send_on_socket(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
+        socket = self.socket
+        if socket is None:
+            self._warn_dropped("the IOPub socket is closed")
+            return
+        try:
+            socket.send_multipart(msg, *args, **kwargs)
+        except (zmq.ZMQError, AttributeError, ValueError) as error:
+            self._warn_dropped(f"sending failed: {error}")
+        if self._is_xpub and self._on_io_thread():
+            # A send can consume the FD edge that announces a subscription.
+            self._io_read_subscriptions()
+
+    def _warn_dropped(self, why: str) -> None:
+        if not self._warned_no_socket:
+            self._warned_no_socket = True
+            logger.warning("iostream: IOPub output dropped: %s", why)
+
+    # -- internals: any thread -------------------------------------------------
+
+    def _on_io_thread(self) -> bool:
+        return self.thread.ident == threading.get_ident()
+
+    def _wake_locked(self) -> None:
+        """Wake the IO thread. Caller holds ``_lock`` (which serialises pipe_out)."""
+        self._wake_pending = True
+        self.pipe_out.send(b"", zmq.NOBLOCK)
+
+    def _call(self, f: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        try:
+            f(*args, **kw)
+        except Exception:
+            logger.exception("iostream: a call scheduled on the IOPub thread failed")
+
+    def _stop_callbacks_alive(self) -> list[Callable[[], None]]:
+        with self._lock:
+            alive = [ref() for ref in self._stop_callbacks]
+        return [callback for callback in alive if callback is not None]
+
+    def _run_stop_callbacks_inline(self) -> None:
+        with self._inline_lock:
+            for callback in self._stop_callbacks_alive():
+                self._call(callback, (), {})
+
+    def _close_pipes(self) -> None:
+        """Close what this object created. Called once the thread is gone."""
+        with self._lock:
+            sockets = [self.pipe_out, self.pipe_in]
+            for sock in sockets:
+                sock.close(linger=0)
+            if self._pipe_server is not None:
+                self._pipe_server.close()
+                self._pipe_server = None
+            if self._pipe_client is not None:
+                self._pipe_client.close()
+                self._pipe_client = None
+        with contextlib.suppress(zmq.ZMQError):
+            self._context.term()
+
+    # -- forked children -------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """Renew per-process state; the parent's sockets are left untouched."""
+        self._events = deque()
+        self._init_process_state()
+        self._pipe_server = None
+        self._pipe_client = None
+        self._child_needs_thread = self._parent_pipe is not None
+
+    def _start_child_thread(self) -> None:
+        """In a forked child, start a thread that pipes output to the parent."""
+        with self._lock:
+            if not self._child_needs_thread or self._parent_pipe is None:
+                return
+            self._child_needs_thread = False
+            if self._state is not _State.NEW:
+                return
+        endpoint, key = self._parent_pipe
+        self._pipe_client = PipeClient(endpoint, key)
+        self.start()
+
+    # -- IO thread -------------------------------------------------------------
+
+    def _io_main(self) -> None:
+        self.io_loop.add_callback(self._io_setup)
+        try:
+            self.io_loop.start()
+        finally:
+            self._io_teardown()
+
+    def _io_setup(self) -> None:
+        self._io_add_reader(self.pipe_in, lambda _frames: None, after=self._io_run_pending)
+        if self._pipe_server is not None:
+            server = self._pipe_server
+            self._io_add_reader(
+                server.socket, lambda frames: server.handle(frames, self._really_send)
+            )
+        if self._is_xpub and self._is_master_process():
+            self.io_loop.add_handler(self.socket, self._io_on_socket_event, IOLoop.READ)
+            self._io_read_subscriptions()
+        self._io_run_pending()
+
+    def _io_teardown(self) -> None:
+        for sock in (self.pipe_in, self._pipe_server.socket if self._pipe_server else None):
+            if sock is not None:
+                with contextlib.suppress(Exception):
+                    self.io_loop.remove_handler(sock)
+        if self._is_xpub and self.socket is not None:
+            with contextlib.suppress(Exception):
+                self.io_loop.remove_handler(self.socket)
+        self.io_loop.close(all_fds=False)
+
+    def _io_add_reader(
+        self,
+        sock: zmq.Socket[bytes],
+        on_message: Callable[[list[bytes]], None],
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        """Call ``on_message`` for every message ``sock`` receives, then ``after``."""
+
+        def on_event(_fd: Any, _events: int) -> None:
+            # zmq's FD is edge-triggered: read until no message is left.
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                on_message(sock.recv_multipart(zmq.NOBLOCK))
+            if after is not None:
+                after()
+
+        self.io_loop.add_handler(sock, on_event, IOLoop.READ)
+        on_event(sock, 0)
+
+    def _io_run_pending(self) -> None:
+        """Run queued calls in FIFO order until none is left."""
+        while True:
+            with self._lock:
+                if not self._events:
+                    self._wake_pending = False
+                    if self._state is _State.STOPPING:
+                        self._state = _State.STOPPED
+                        self.io_loop.stop()
+                    return
+                f, args, kwargs = self._events.popleft()
+            self._call(f, args, kwargs)
+
+    def _io_run_stop_callbacks(self) -> None:
+        for callback in self._stop_callbacks_alive():
+            self._call(callback, (), {})
+
+    def _io_on_socket_event(self, _fd: Any, _events: int) -> None:
+        self._io_read_subscriptions()
+
+    def _io_read_subscriptions(self) -> None:
+        """Read XPUB (un)subscriptions; welcome each subscriber (JEP 65)."""
+        socket = self.socket
+        if socket is None:
+            return
+        try:
+            while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frame = socket.recv(zmq.NOBLOCK)
+                if frame[:1] == b"\x01":
+                    self._io_welcome(frame[1:])
+        except zmq.ZMQError as error:
+            logger.debug("iostream: reading subscriptions failed: %s", error)
+
+    def _io_welcome(self, topic: bytes) -> None:
+        session = self.session
+        if not session or not hasattr(session, "send"):
+            return
+        try:
+            subscription = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        try:
+            session.send(
+                self.socket,
+                "iopub_welcome",
+                {"subscription": subscription},
+                parent={},
+                ident=topic or None,
+            )
+        except Exception:
+            logger.exception("iostream: sending iopub_welcome failed")
+
+
+def _socket_type(socket: Any) -> int | None:
+    if not hasattr(socket, "getsockopt"):
+        return None
+    try:
+        return int(socket.getsockopt(zmq.TYPE))
+    except zmq.ZMQError:
+        return None

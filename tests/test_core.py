@@ -1,0 +1,232 @@
+"""The sans-IO core, exhaustively: no threads, sockets or clocks involved."""
+
+from __future__ import annotations
+
+import codecs
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iostream.core import (
+    FlushPolicy,
+    OutputBuffer,
+    Utf8Decoder,
+    complete_lines,
+    make_publishable,
+    split_text,
+)
+
+# -- OutputBuffer ---------------------------------------------------------------
+
+
+def test_writes_of_one_owner_and_parent_coalesce_into_one_chunk() -> None:
+    buffer = OutputBuffer()
+    parent = {"msg_id": "a"}
+    for piece in ["a", "b", "c\n"]:
+        buffer.append(1, parent, piece)
+    [chunk] = buffer.drain()
+    assert (chunk.owner, chunk.parent, chunk.text) == (1, parent, "abc\n")
+    assert not buffer and buffer.pending_chars == 0
+
+
+def test_interleaved_parents_each_coalesce_separately() -> None:
+    buffer = OutputBuffer()
+    a, b = {"msg_id": "a"}, {"msg_id": "b"}
+    for i in range(100):
+        buffer.append(1, a if i % 2 else b, str(i % 2))
+    chunks = buffer.drain()
+    assert [(c.parent["msg_id"], c.text) for c in chunks] == [("b", "0" * 50), ("a", "1" * 50)]
+
+
+def test_switching_stream_under_one_parent_keeps_order() -> None:
+    buffer = OutputBuffer()
+    parent: dict[str, str] = {}
+    buffer.append(1, parent, "out1 ")
+    buffer.append(2, parent, "err1 ")
+    buffer.append(1, parent, "out2")
+    assert [(c.owner, c.text) for c in buffer.drain()] == [(1, "out1 "), (2, "err1 "), (1, "out2")]
+
+
+def test_unhashable_parent_values_work() -> None:
+    buffer = OutputBuffer()
+    parent = {"msg_id": "x", "tags": ["a", {"b": 1}]}
+    buffer.append(1, parent, "t")
+    assert buffer.drain()[0].parent is parent
+
+
+def test_drain_of_one_owner_keeps_the_others() -> None:
+    buffer = OutputBuffer()
+    parent: dict[str, str] = {}
+    buffer.append(1, parent, "one")
+    buffer.append(2, parent, "two")
+    assert [c.text for c in buffer.drain(owner=2)] == ["two"]
+    assert buffer.pending_for(1) and not buffer.pending_for(2)
+    assert buffer.pending_chars == 3
+    buffer.append(1, parent, "!")
+    assert [c.text for c in buffer.drain()] == ["one!"]
+
+
+def test_empty_writes_are_ignored() -> None:
+    buffer = OutputBuffer()
+    buffer.append(1, {}, "")
+    assert not buffer and buffer.drain() == []
+
+
+# -- splitting --------------------------------------------------------------------
+
+
+def test_split_prefers_line_boundaries() -> None:
+    text = "aaaa\nbbbb\ncccc\n"
+    assert list(split_text(text, 10)) == ["aaaa\nbbbb\n", "cccc\n"]
+
+
+def test_split_cuts_long_lines_hard() -> None:
+    assert list(split_text("x" * 25, 10)) == ["x" * 10, "x" * 10, "x" * 5]
+
+
+def test_split_never_breaks_astral_characters() -> None:
+    text = "\U0001f600" * 7
+    pieces = list(split_text(text, 3))
+    assert all(len(p) <= 3 for p in pieces) and "".join(pieces) == text
+
+
+@given(st.text(), st.integers(min_value=1, max_value=50))
+def test_split_is_lossless_and_bounded(text: str, limit: int) -> None:
+    pieces = list(split_text(text, limit))
+    assert "".join(pieces) == text
+    assert all(0 < len(p) <= limit for p in pieces)
+
+
+def test_complete_lines() -> None:
+    assert complete_lines("a\nb\nc") == ("a\nb\n", "c")
+    assert complete_lines("abc") == ("", "abc")
+
+
+# -- publishable text ---------------------------------------------------------------
+
+
+def test_lone_surrogates_become_replacement_characters() -> None:
+    assert make_publishable("a\ud800b") == "a\ufffdb"
+    assert make_publishable("\udcff") == "\ufffd"
+
+
+def test_surrogate_pairs_are_combined() -> None:
+    assert make_publishable("\ud83d\ude00") == "\U0001f600"
+
+
+def test_valid_text_is_returned_unchanged() -> None:
+    text = "héllo \U0001f600"
+    assert make_publishable(text) is text
+
+
+@given(st.text(alphabet=st.characters(codec=None)))
+def test_publishable_text_always_encodes(text: str) -> None:
+    make_publishable(text).encode("utf-8")
+
+
+# -- incremental decoding -------------------------------------------------------------
+
+
+def test_character_split_across_reads_arrives_whole() -> None:
+    decoder = Utf8Decoder()
+    data = "é\U0001f600".encode()
+    assert decoder.decode(data[:1]) == ""
+    assert decoder.decode(data[1:3]) == "é"
+    assert decoder.decode(data[3:]) == "\U0001f600"
+
+
+def test_invalid_bytes_become_replacement_characters() -> None:
+    decoder = Utf8Decoder()
+    assert decoder.decode(b"a\xffb") == "a\ufffdb"
+    assert decoder.decode(b"\xe2\x82") == ""
+    assert decoder.finish() == "\ufffd"
+
+
+@given(st.text(), st.lists(st.integers(min_value=0, max_value=64), max_size=20))
+def test_decoding_any_split_of_valid_utf8_is_lossless(text: str, cuts: list[int]) -> None:
+    data = text.encode("utf-8", "surrogatepass")
+    decoder = Utf8Decoder()
+    positions = sorted({min(c, len(data)) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *positions], [*positions, len(data)], strict=True)]
+    out = "".join(decoder.decode(p) for p in pieces) + decoder.finish()
+    assert out == codecs.decode(data, "utf-8", "replace")
+
+
+@given(st.binary(max_size=300), st.integers(min_value=1, max_value=17))
+def test_decoding_random_bytes_never_raises(data: bytes, step: int) -> None:
+    decoder = Utf8Decoder()
+    out = "".join(decoder.decode(data[i : i + step]) for i in range(0, len(data), step))
+    out += decoder.finish()
+    assert out == data.decode("utf-8", "replace")
+
+
+# -- flush policy ----------------------------------------------------------------------
+
+
+def test_first_output_after_idle_is_due_almost_at_once() -> None:
+    policy = FlushPolicy(idle_delay=0.002)
+    assert policy.delay(100.0, 0.2) == pytest.approx(0.002)
+    policy.flushed(100.0)
+    assert policy.delay(100.5, 0.2) == pytest.approx(0.002)
+
+
+def test_sustained_output_is_batched_per_interval() -> None:
+    policy = FlushPolicy(idle_delay=0.002)
+    policy.flushed(10.0)
+    assert policy.delay(10.05, 0.2) == pytest.approx(0.15)
+    assert policy.delay(10.25, 0.2) == pytest.approx(0.002)
+
+
+def test_idle_delay_never_exceeds_interval() -> None:
+    assert FlushPolicy(idle_delay=1.0).delay(0.0, 0.2) == pytest.approx(0.2)
+
+
+# -- the whole model, under hypothesis -------------------------------------------------
+
+writes = st.lists(
+    st.tuples(st.integers(0, 3), st.integers(0, 1), st.integers(0, 2), st.text(max_size=8)),
+    max_size=80,
+)
+
+
+@settings(max_examples=300)
+@given(writes, st.lists(st.integers(0, 79), max_size=5))
+def test_any_interleaving_comes_out_complete_in_order_under_the_right_parent(
+    ops: list[tuple[int, int, int, str]], drain_points: list[int]
+) -> None:
+    """Threads writing to two streams under three parents, drained at random
+    points: under each parent, the text and the stream of every character come
+    out exactly in the order written, so each thread's text is complete, in
+    order, and under its parent."""
+    parents = [{"msg_id": str(i), "tags": [i]} for i in range(3)]
+    buffer = OutputBuffer()
+    chunks = []
+    for i, (thread, stream, parent, text) in enumerate(ops):
+        buffer.append(stream, parents[parent], f"<{thread}>{text}")
+        if i in drain_points:
+            chunks += buffer.drain()
+    chunks += buffer.drain()
+    assert buffer.pending_chars == 0
+    for p, parent in enumerate(parents):
+        written = [(s, f"<{t}>{x}") for t, s, q, x in ops if q == p]
+        published = [(c.owner, c.text) for c in chunks if c.parent is parent]
+        assert "".join(x for _, x in published) == "".join(x for _, x in written)
+        assert _labels(published) == _labels(written)
+        for thread in range(4):
+            mine = [x for _, x in written if x.startswith(f"<{thread}>")]
+            assert _in_order(mine, "".join(x for _, x in published))
+
+
+def _labels(pairs: list[tuple[int, str]]) -> str:
+    return "".join(str(owner) * len(text) for owner, text in pairs)
+
+
+def _in_order(pieces: list[str], text: str) -> bool:
+    position = 0
+    for piece in pieces:
+        position = text.find(piece, position)
+        if position < 0:
+            return False
+        position += len(piece)
+    return True

@@ -1,0 +1,512 @@
+"""OutStream: the COMPAT.md "OutStream" section, over real sockets and sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import io
+import sys
+import threading
+import time
+import warnings
+from types import ModuleType
+from typing import Any
+
+import pytest
+import zmq
+from jupyter_client.session import Session
+
+import iostream
+from conftest import KEY, Kernelish
+
+# -- constructors -----------------------------------------------------------------
+
+
+def test_ipykernel_argument_order(kernel: Kernelish) -> None:
+    stream = kernel.stream("stdout")
+    assert (stream.session, stream.pub_thread, stream.name) == (
+        kernel.session,
+        kernel.thread,
+        "stdout",
+    )
+    assert stream.topic == b"stream.stdout"
+
+
+def test_pipe_positional_is_deprecated_and_ignored(kernel: Kernelish) -> None:
+    with pytest.warns(DeprecationWarning, match="pipe"):
+        stream = kernel.module.OutStream(kernel.session, kernel.thread, "stderr", object(), watchfd=False)
+    kernel.streams.append(stream)
+    stream.write("still works\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("still works\n")
+    assert kernel.receiver.text("stderr") == "still works\n"
+
+
+def test_bare_socket_is_wrapped_in_a_started_thread(impl: ModuleType) -> None:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    socket = context.socket(zmq.PUB)
+    socket.linger = 0
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    sub = context.socket(zmq.SUB)
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    session = Session(key=KEY)
+    with pytest.warns(DeprecationWarning):
+        stream = impl.OutStream(session, socket, "stdout", watchfd=False)
+    assert isinstance(stream.pub_thread, impl.IOPubThread)
+    assert stream.pub_thread.thread.is_alive()
+    received = ""
+    deadline = time.monotonic() + 10
+    while "hi" not in received and time.monotonic() < deadline:
+        stream.write("hi")
+        stream.flush()
+        if sub.poll(100):
+            _, frames = session.feed_identities(sub.recv_multipart())
+            received += session.deserialize(frames)["content"]["text"]
+    assert "hi" in received
+    thread = stream.pub_thread
+    stream.close()
+    thread.stop()
+    thread.close()
+    sub.close()
+    context.destroy(linger=0)
+
+
+def test_any_object_with_schedule_is_accepted_as_thread(kernel: Kernelish) -> None:
+    """ipykernel's own IOPubThread must work as the thread of our OutStream."""
+    from ipykernel.iostream import IOPubThread as StockThread
+
+    context = kernel.context
+    socket = context.socket(zmq.PUB)
+    socket.linger = 0
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    stock = StockThread(socket, session=kernel.session)
+    stock.start()
+    from conftest import make_receiver
+
+    receiver = make_receiver(context, port)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        stream = iostream.OutStream(kernel.session, stock, "stdout", watchfd=False)
+    assert stream.pub_thread is stock
+    deadline = time.monotonic() + 10
+    while not receiver.streams() and time.monotonic() < deadline:
+        stream.write(".")
+        stream.flush()
+        receiver.poll(0.1)
+    assert receiver.text().startswith(".")
+    stream.close()
+    stock.stop()
+    stock.close()
+    receiver.socket.close()
+
+
+class ListSession:
+    """The seed documents' minimal session: only ``send``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, str, dict[str, Any], dict[str, Any]]] = []
+        self.threads: list[int] = []
+
+    def send(self, stream: Any, msg_type: str, content: dict[str, Any], **kwargs: Any) -> None:
+        self.sent.append((stream, msg_type, content, kwargs))
+        self.threads.append(threading.get_ident())
+
+
+def test_seed_order_publishes_on_calling_thread_line_by_line() -> None:
+    session = ListSession()
+    stream = iostream.OutStream("stdout", session, None)
+    assert (stream.name, stream.session, stream.pub_thread) == ("stdout", session, None)
+    stream.write("partial")
+    assert session.sent == []
+    stream.write(" line\nnext")
+    assert [s[2]["text"] for s in session.sent] == ["partial line\n"]
+    stream.flush()
+    assert [s[2]["text"] for s in session.sent] == ["partial line\n", "next"]
+    assert session.threads == [threading.get_ident()] * 2
+    first = session.sent[0]
+    assert first[0] == "stdout" and first[1] == "stream"
+    assert first[2] == {"name": "stdout", "text": "partial line\n"}
+    assert first[3]["ident"] == b"stream.stdout"
+
+
+def test_seed_order_close_publishes_the_rest() -> None:
+    session = ListSession()
+    stream = iostream.OutStream("stderr", session, None)
+    stream.write("tail")
+    stream.close()
+    assert [s[2] for s in session.sent] == [{"name": "stderr", "text": "tail"}]
+
+
+def test_session_that_prints_does_not_recurse(capfd: pytest.CaptureFixture[str]) -> None:
+    """A session printing to sys.stdout (which is the stream) must not loop."""
+
+    class PrintingSession:
+        def send(self, stream: Any, msg_type: str, content: dict[str, Any], **kw: Any) -> None:
+            print(f"[{stream}] {content['text']!r}")
+
+    stream = iostream.OutStream("stdout", PrintingSession(), None)
+    old = sys.stdout
+    sys.stdout = stream
+    try:
+        print("hello")
+    finally:
+        sys.stdout = old
+    assert "[stdout] 'hello\\n'" in capfd.readouterr().out
+
+
+# -- TextIOBase behaviour ------------------------------------------------------------
+
+
+def test_textiobase_contract(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    assert isinstance(stream, io.TextIOBase)
+    assert stream.writable() and not stream.readable() and not stream.seekable()
+    assert stream.errors is None and stream.encoding == "UTF-8"
+    assert stream.isatty() is False
+    for op in (stream.read, stream.readline, stream.tell, stream.detach):
+        with pytest.raises(io.UnsupportedOperation):
+            op()
+    with pytest.raises(io.UnsupportedOperation):
+        stream.seek(0)
+    with pytest.raises(io.UnsupportedOperation):
+        next(stream)
+    with pytest.raises(io.UnsupportedOperation):
+        stream.fileno()
+    assert stream.write("abc") == 3
+
+
+def test_non_str_write_raises_type_error_and_loses_nothing(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    stream.write("before ")
+    for bad in (b"bytes", 1, None):
+        with pytest.raises(TypeError):
+            stream.write(bad)
+    stream.write("after\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("before after\n")
+    assert kernel.receiver.text() == "before after\n"
+
+
+def test_closed_stream_raises_value_error(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    stream.write("last\n")
+    stream.close()
+    assert stream.closed
+    stream.close()  # idempotent
+    with pytest.raises(ValueError):
+        stream.write("x")
+    with pytest.raises(ValueError):
+        stream.writelines(["x"])
+    kernel.receiver.wait_for_text("last\n")
+    assert kernel.receiver.text() == "last\n"
+
+
+def test_writelines_and_context_manager(kernel: Kernelish) -> None:
+    with kernel.stream() as stream:
+        stream.writelines(["a\n", "b\n", "c\n"])
+    assert stream.closed
+    kernel.receiver.wait_for_text("a\nb\nc\n")
+    assert kernel.receiver.text() == "a\nb\nc\n"
+
+
+def test_isatty_argument(kernel: Kernelish) -> None:
+    assert kernel.stream(isatty=True).isatty() is True
+
+
+def test_write_is_an_assignable_attribute(kernel: Kernelish) -> None:
+    """metakernel replaces sys.stdout.write."""
+    stream = kernel.stream()
+    seen: list[str] = []
+    original = stream.write
+    stream.write = lambda text: seen.append(text) or original(text.upper())
+    print("quiet", file=stream)
+    stream.flush()
+    kernel.receiver.wait_for_text("QUIET\n")
+    assert seen == ["quiet", "\n"] and kernel.receiver.text() == "QUIET\n"
+
+
+def test_class_attributes(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    assert stream.flush_interval == 0.2 and stream.flush_timeout == 10
+    assert stream._flush_pending is False and stream._subprocess_flush_pending is False
+    assert stream._is_master_process() is True
+    assert stream._hooks == []
+
+
+def test_topic_is_writable_and_used_as_ident(kernel: Kernelish) -> None:
+    """ipyparallel sets engine.N.stdout as the topic."""
+    stream = kernel.stream()
+    stream.topic = b"engine.0.stdout"
+    receiver = kernel.receiver
+    receiver.socket.setsockopt(zmq.UNSUBSCRIBE, b"")
+    receiver.socket.setsockopt(zmq.SUBSCRIBE, b"engine.0")
+    time.sleep(0.2)
+    stream.write("tagged\n")
+    stream.flush()
+    receiver.wait_for_text("tagged\n")
+    assert receiver.text() == "tagged\n"
+
+
+# -- coalescing and flush ---------------------------------------------------------
+
+
+def test_writes_within_flush_interval_coalesce(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    stream.write("first\n")
+    kernel.receiver.wait_for_text("first\n")
+    for i in range(50):
+        stream.write(f"{i}\n")
+    expected = "first\n" + "".join(f"{i}\n" for i in range(50))
+    kernel.receiver.wait_for_text(expected)
+    assert kernel.receiver.text() == expected
+    assert len(kernel.receiver.streams()) == 2
+
+
+def test_output_after_idle_arrives_without_flush(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    stream.write("no flush needed\n")
+    kernel.receiver.wait_for_text("no flush needed\n", timeout=5)
+
+
+def test_flush_from_another_thread_hands_text_to_socket(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    stream.write("x" * 10)
+    time.sleep(0.05)  # the idle flush has gone out
+    stream.write("y")
+    worker = threading.Thread(target=stream.flush)
+    worker.start()
+    worker.join(15)
+    # flush returned: the text is on the socket, so it arrives at once
+    kernel.receiver.wait_for_text("x" * 10 + "y", timeout=2)
+
+
+def test_echo_receives_every_write(kernel: Kernelish) -> None:
+    echo = io.StringIO()
+    stream = kernel.stream(echo=echo)
+    print("echoed", file=stream)
+    stream.flush()
+    assert echo.getvalue() == "echoed\n"
+    kernel.receiver.wait_for_text("echoed\n")
+
+
+def test_broken_echo_never_breaks_publishing(kernel: Kernelish) -> None:
+    echo = io.StringIO()
+    echo.close()  # writes raise ValueError
+    stream = kernel.stream(echo=echo)
+    stream.write("published anyway\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("published anyway\n")
+
+
+def test_echo_must_be_file_like(kernel: Kernelish) -> None:
+    with pytest.raises(ValueError):
+        kernel.stream(echo=42)
+
+
+# -- parent routing ------------------------------------------------------------------
+
+
+def _msg(msg_id: str, **extra: Any) -> dict[str, Any]:
+    return {"header": {"msg_id": msg_id, "msg_type": "execute_request", **extra}}
+
+
+def _by_parent(kernel: Kernelish) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for m in kernel.receiver.streams():
+        key = m["parent_header"].get("msg_id", "")
+        out[key] = out.get(key, "") + m["content"]["text"]
+    return out
+
+
+def test_set_parent_routes_output(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    stream.set_parent(_msg("cell-1"))
+    assert stream.parent_header["msg_id"] == "cell-1"
+    stream.write("one\n")
+    stream.set_parent(_msg("cell-2"))
+    stream.write("two\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("one\ntwo\n")
+    assert _by_parent(kernel) == {"cell-1": "one\n", "cell-2": "two\n"}
+
+
+def test_thread_parent_and_global_fallback(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    stream.set_parent(_msg("global"))
+
+    def own_parent() -> None:
+        token = stream.set_thread_parent(_msg("mine"))
+        stream.write("mine\n")
+        stream.reset_thread_parent(token)
+        stream.write("fallback-after-reset\n")
+
+    def no_parent() -> None:
+        stream.write("fallback\n")
+
+    for target in (own_parent, no_parent):
+        worker = threading.Thread(target=target)
+        worker.start()
+        worker.join()
+    stream.write("main\n")
+    stream.flush()
+    kernel.receiver.wait_for(lambda _m: sum(map(len, _by_parent(kernel).values())) >= 40)
+    routed = _by_parent(kernel)
+    assert routed["mine"] == "mine\n"
+    # a thread without a value of its own (never set, or reset) uses the global one
+    assert sorted(routed["global"].splitlines()) == ["fallback", "fallback-after-reset", "main"]
+
+
+def test_asyncio_tasks_keep_their_cell(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+
+    async def task(cell: str) -> None:
+        stream.set_thread_parent(_msg(cell))
+        for i in range(3):
+            stream.write(f"{cell}:{i}\n")
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(task("a"), task("b"))
+
+    asyncio.run(main())
+    stream.flush()
+    kernel.receiver.wait_for(lambda _m: sum(map(len, _by_parent(kernel).values())) >= 24)
+    routed = _by_parent(kernel)
+    assert routed["a"] == "a:0\na:1\na:2\n" and routed["b"] == "b:0\nb:1\nb:2\n"
+
+
+def test_copied_context_keeps_its_cell(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    stream.set_parent(_msg("cell-1"))
+    context = contextvars.copy_context()
+    stream.set_parent(_msg("cell-2"))
+    context.run(stream.write, "from copied\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("from copied\n")
+    assert _by_parent(kernel) == {"cell-1": "from copied\n"}
+
+
+def test_unhashable_header_values_route(kernel: Kernelish) -> None:
+    """ipykernel builds frozenset(parent.items()) and raises TypeError here."""
+    stream = kernel.stream()
+    stream.set_parent(_msg("odd", tags=["a", "b"], extra={"nested": [1, 2]}))
+    stream.write("routed\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("routed\n")
+    [message] = kernel.receiver.streams()
+    assert message["parent_header"]["tags"] == ["a", "b"]
+
+
+# -- hooks ----------------------------------------------------------------------------
+
+
+def _register_on_io_thread(kernel: Kernelish, stream: Any, hook: Any) -> None:
+    done = threading.Event()
+    kernel.thread.schedule(lambda: (stream.register_hook(hook), done.set()))
+    assert done.wait(5)
+
+
+def test_hooks_are_thread_local_and_can_transform(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+
+    def shout(msg: dict[str, Any]) -> dict[str, Any]:
+        msg["content"]["text"] = msg["content"]["text"].upper()
+        return msg
+
+    stream.register_hook(shout)  # main thread: not the flushing thread
+    assert stream._hooks == [shout]
+    stream.write("main-thread hook does not apply\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("main-thread hook does not apply\n")
+    assert stream.unregister_hook(shout) is True
+    assert stream.unregister_hook(shout) is False
+    _register_on_io_thread(kernel, stream, shout)
+    stream.write("loud\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("main-thread hook does not apply\nLOUD\n")
+    assert kernel.receiver.text().endswith("LOUD\n")
+
+
+def test_swallowing_hook_drops_only_that_message(kernel: Kernelish) -> None:
+    """ipykernel returns from _flush when a hook returns None, dropping the
+    buffers of every other parent in the same flush."""
+    stream = kernel.stream()
+
+    def swallow_secret(msg: dict[str, Any]) -> dict[str, Any] | None:
+        return None if msg["parent_header"].get("msg_id") == "secret" else msg
+
+    _register_on_io_thread(kernel, stream, swallow_secret)
+    stream.write("warmup\n")
+    kernel.receiver.wait_for_text("warmup\n")
+    stream.set_parent(_msg("secret"))
+    stream.write("hidden\n")
+    for cell in ("x", "y"):
+        token = stream.set_thread_parent(_msg(cell))
+        stream.write(f"visible {cell}\n")
+        stream.reset_thread_parent(token)
+    stream.flush()
+    kernel.receiver.wait_for(lambda _m: "y" in _by_parent(kernel), timeout=5)
+    routed = _by_parent(kernel)
+    assert routed["x"] == "visible x\n" and routed["y"] == "visible y\n"
+    assert "secret" not in routed
+
+
+def test_raising_hook_affects_only_that_message(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+
+    def explode(msg: dict[str, Any]) -> dict[str, Any]:
+        raise RuntimeError("hook bug")
+
+    _register_on_io_thread(kernel, stream, explode)
+    stream.write("survives\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("survives\n")
+    stream.write("and again\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("survives\nand again\n")
+    assert kernel.thread.thread.is_alive()
+
+
+# -- order, size, odd text ------------------------------------------------------------
+
+
+def test_stdout_stderr_order_is_kept(kernel: Kernelish) -> None:
+    out, err = kernel.stream("stdout"), kernel.stream("stderr")
+    out.write("warm\n")
+    kernel.receiver.wait_for_text("warm\n")
+    kernel.receiver.messages.clear()
+    sequence = []
+    for i in range(6):
+        target = (out, err)[i % 2]
+        target.write(f"{i}\n")
+        sequence.append((target.name, f"{i}\n"))
+    out.flush()
+    err.flush()
+    kernel.receiver.wait_for_text("".join(t for _, t in sequence))
+    got = [(m["content"]["name"], m["content"]["text"]) for m in kernel.receiver.streams()]
+    assert got == sequence
+
+
+def test_no_message_over_the_limit(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    stream.max_message_chars = 1000
+    text = "".join(f"line {i:05d}\n" for i in range(1000)) + "z" * 2500
+    stream.write(text)
+    stream.flush()
+    kernel.receiver.wait_for_text(text)
+    messages = kernel.receiver.streams()
+    assert kernel.receiver.text() == text
+    assert max(len(m["content"]["text"]) for m in messages) <= 1000
+    # lines are not broken where they fit
+    assert all(m["content"]["text"].endswith("\n") for m in messages[:-3])
+
+
+def test_lone_surrogates_do_not_kill_the_io_thread(kernel: Kernelish) -> None:
+    stream = kernel.stream()
+    stream.write("bad \ud800 char\n")
+    stream.write("astral \U0001f600\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("bad \ufffd char\nastral \U0001f600\n")
+    assert kernel.receiver.text() == "bad \ufffd char\nastral \U0001f600\n"
+    assert kernel.thread.thread.is_alive()
