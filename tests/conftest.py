@@ -166,3 +166,44 @@ def run_python(code: str, timeout: float = 60, **env: str) -> tuple[int, str, st
         errors="replace",
     )
     return proc.returncode, proc.stdout, proc.stderr
+
+
+@dataclass
+class ScenarioResult:
+    returncode: int
+    stdout: bytes
+    stderr: str
+    result: dict[str, Any]
+
+
+def run_scenario(code: str, tmp_path: Path, timeout: float = 90, **env: str) -> ScenarioResult:
+    """Run ``code`` (a script using ``childkit``) in a fresh interpreter.
+
+    Its fds 1 and 2 are real files, not pytest's capture; it reports through
+    ``childkit.report``. The child's raw stdout bytes are returned too.
+    """
+    import json
+    import subprocess
+    import textwrap
+
+    script = tmp_path / "scenario.py"
+    script.write_text(textwrap.dedent(code))
+    result_file = tmp_path / "result.json"
+    environment = dict(os.environ)
+    environment.pop("PYTEST_CURRENT_TEST", None)
+    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
+    environment.update(env)
+    with open(tmp_path / "stdout", "wb") as out, open(tmp_path / "stderr", "wb") as err:
+        proc = subprocess.run(
+            [sys.executable, str(script), str(result_file)],
+            stdout=out,
+            stderr=err,
+            timeout=timeout,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+        )
+    stderr = (tmp_path / "stderr").read_text(errors="replace")
+    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if proc.returncode != 0 or not result:
+        raise AssertionError(f"scenario failed (rc={proc.returncode}):\n{stderr[-3000:]}")
+    return ScenarioResult(proc.returncode, (tmp_path / "stdout").read_bytes(), stderr, result)

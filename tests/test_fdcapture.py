@@ -1,0 +1,179 @@
+"""fd-level capture (watchfd): C code, os.write, os.system and children."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_scenario
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/fd").exists(), reason="needs Linux /proc for fd counts"
+)
+
+
+def test_fd_writes_from_every_source_are_published_and_echoed(tmp_path: Path) -> None:
+    run = run_scenario(
+        """
+        import ctypes, os, subprocess, sys
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        os.write(1, b"os.write\\n")
+        os.system("echo from-os-system")
+        subprocess.run(["echo", "from-subprocess"], check=True)
+        libc = ctypes.CDLL(None)
+        libc.printf(b"from-printf %d\\n", 42)
+        libc.fflush(None)
+        expected = ["os.write", "from-os-system", "from-subprocess", "from-printf 42"]
+        ok = k.wait_for(lambda: all(e in k.text() for e in expected))
+        fileno = out.fileno()
+        out.close()
+        report({"ok": ok, "text": k.text(), "fileno_is_copy": fileno not in (1, 2)})
+        """,
+        tmp_path,
+    )
+    assert run.result["ok"], run.result
+    assert run.result["fileno_is_copy"]
+    for line in ("os.write", "from-os-system", "from-subprocess", "from-printf 42"):
+        assert line.encode() in run.stdout  # echoed to the original fd
+
+
+def test_multibyte_utf8_split_across_reads_arrives_intact(tmp_path: Path) -> None:
+    """ipykernel decodes each 1000-byte read on its own: split characters
+    become U+FFFD pairs."""
+    run = run_scenario(
+        """
+        import os, time
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        data = "é€\\U0001f600".encode() * 400
+        for i in range(0, len(data), 7):   # cut through characters
+            os.write(1, data[i:i + 7])
+            time.sleep(0.0005)
+        os.write(1, b"\\n")
+        expected = "é€\\U0001f600" * 400 + "\\n"
+        ok = k.wait_for(lambda: len(k.text()) >= len(expected))
+        out.close()
+        report({"ok": ok, "equal": k.text() == expected, "fffd": k.text().count("\\ufffd")})
+        """,
+        tmp_path,
+    )
+    assert run.result == {"ok": True, "equal": True, "fffd": 0}
+
+
+def test_invalid_utf8_becomes_replacement_without_killing_the_reader(tmp_path: Path) -> None:
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        os.write(1, b"bad \\xff\\xfe bytes\\n")
+        os.write(1, b"still reading\\n")
+        ok = k.wait_for(lambda: "still reading" in k.text())
+        out.close()
+        report({"ok": ok, "text": k.text()})
+        """,
+        tmp_path,
+    )
+    assert run.result["ok"]
+    assert run.result["text"] == "bad \ufffd\ufffd bytes\nstill reading\n"
+
+
+def test_close_publishes_pipe_contents_restores_fds_and_leaks_nothing(tmp_path: Path) -> None:
+    """ipykernel stops reading at close, losing what is still in the pipe, and
+    never closes the pipe's ends."""
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report, open_fds
+        k = Setup()
+        stat_before = os.fstat(1)
+        before = open_fds()
+        for cycle in range(100):
+            out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+            os.write(1, f"cycle {cycle}\\n".encode())
+            out.close()
+        after = open_fds()
+        stat_after = os.fstat(1)
+        expected = "".join(f"cycle {c}\\n" for c in range(100))
+        ok = k.wait_for(lambda: len(k.text()) >= len(expected))
+        report({
+            "ok": ok, "equal": k.text() == expected, "before": before, "after": after,
+            "restored": (stat_before.st_ino, stat_before.st_dev)
+            == (stat_after.st_ino, stat_after.st_dev),
+        })
+        """,
+        tmp_path,
+    )
+    r = run.result
+    assert r["ok"] and r["equal"] and r["restored"], r
+    assert r["after"] == r["before"]
+
+
+def test_c_code_holding_the_gil_writes_1mib_without_deadlock(tmp_path: Path) -> None:
+    """ctypes.PyDLL keeps the GIL during the call: with a 64 KiB pipe the
+    reader thread can never drain it and the write blocks forever."""
+    run = run_scenario(
+        """
+        import ctypes
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        libc = ctypes.PyDLL(None)   # PyDLL: the GIL stays held during the call
+        data = (b"y" * 1023 + b"\\n") * 1024   # 1 MiB
+        written = libc.write(1, data, len(data))
+        ok = k.wait_for(lambda: len(k.text()) >= len(data), timeout=60)
+        out.close()
+        report({"written": written, "ok": ok, "received": len(k.text())})
+        """,
+        tmp_path,
+        timeout=120,
+    )
+    assert run.result == {"written": 1 << 20, "ok": True, "received": 1 << 20}
+
+
+def test_echo_failure_never_stops_publishing(tmp_path: Path) -> None:
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        os.close(out._original_stdstream_copy)   # the terminal went away
+        os.write(1, b"one\\n")
+        os.write(1, b"two\\n")
+        ok = k.wait_for(lambda: k.text() == "one\\ntwo\\n")
+        report({"ok": ok, "text": k.text()})
+        """,
+        tmp_path,
+    )
+    assert run.result["ok"], run.result
+
+
+def test_watchfd_is_skipped_under_pytest_and_without_a_thread(tmp_path: Path) -> None:
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report
+        k = Setup()
+        os.environ["PYTEST_CURRENT_TEST"] = "x"
+        under_pytest = k.module.OutStream(k.session, k.thread, "stdout")
+        del os.environ["PYTEST_CURRENT_TEST"]
+        class S:
+            def send(self, *a, **k): pass
+        seed = k.module.OutStream("stdout", S(), None)
+        real = k.module.OutStream(k.session, k.thread, "stderr")
+        report({
+            "pytest": under_pytest._original_stdstream_copy,
+            "seed": seed._original_stdstream_copy,
+            "real": real._original_stdstream_copy is not None,
+        })
+        real.close()
+        """,
+        tmp_path,
+    )
+    assert run.result == {"pytest": None, "seed": None, "real": True}

@@ -1,0 +1,184 @@
+"""Forked children (pipe=True): batching, delivery at exit, fork safety, security."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+
+from conftest import Kernelish, run_scenario
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def test_forked_child_output_arrives_batched_and_authenticated(tmp_path: Path) -> None:
+    """ipykernel opens a new context and TCP connection per message: one message
+    per line."""
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.set_parent({"header": {"msg_id": "cell"}})
+        pid = os.fork()
+        if pid == 0:
+            for i in range(3000):
+                print(i, file=out)
+            out.flush()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        expected = "".join(f"{i}\\n" for i in range(3000))
+        ok = k.wait_for(lambda: len(k.text()) >= len(expected))
+        report({
+            "ok": ok, "equal": k.text() == expected, "status": status,
+            "messages": len(k.streams()),
+            "parents": sorted({m["parent_header"].get("msg_id") for m in k.streams()}),
+        })
+        """,
+        tmp_path,
+    )
+    r = run.result
+    assert r["ok"] and r["equal"] and r["status"] == 0, r
+    assert r["messages"] <= 30
+    assert r["parents"] == ["cell"]
+
+
+def test_child_exit_without_flush_delivers_through_atexit(tmp_path: Path) -> None:
+    run = run_scenario(
+        """
+        import os, sys
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        pid = os.fork()
+        if pid == 0:
+            out.write("no explicit flush\\n")
+            sys.exit(0)   # atexit runs IOPubThread.stop in the child
+        os.waitpid(pid, 0)
+        ok = k.wait_for(lambda: "no explicit flush" in k.text())
+        report({"ok": ok})
+        """,
+        tmp_path,
+    )
+    assert run.result["ok"]
+
+
+def test_parent_pending_text_is_not_republished_by_the_child(tmp_path: Path) -> None:
+    run = run_scenario(
+        """
+        import os, time
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.flush_interval = 5.0
+        out.write("warm\\n"); out.flush()
+        out.write("parent-pending ")   # still buffered at the fork
+        pid = os.fork()
+        if pid == 0:
+            out.write("child\\n"); out.flush(); os._exit(0)
+        os.waitpid(pid, 0)
+        out.flush()
+        ok = k.wait_for(lambda: "child" in k.text() and "parent-pending" in k.text())
+        report({"ok": ok, "count": k.text().count("parent-pending")})
+        """,
+        tmp_path,
+    )
+    assert run.result == {"ok": True, "count": 1}
+
+
+def test_multiprocessing_fork_pool_workers_output_arrives(tmp_path: Path) -> None:
+    run = run_scenario(
+        """
+        import multiprocessing, sys
+        from childkit import Setup, report
+        k = Setup()
+        sys.stdout = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+
+        def work(i):
+            print(f"worker says {i}")
+            return i * i
+
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2) as pool:
+            results = pool.map(work, range(20))
+        expected = {f"worker says {i}" for i in range(20)}
+        ok = k.wait_for(lambda: expected <= set(k.text().splitlines()), timeout=30)
+        sys.stdout = sys.__stdout__
+        report({"ok": ok, "results": results == [i * i for i in range(20)]})
+        """,
+        tmp_path,
+    )
+    assert run.result == {"ok": True, "results": True}
+
+
+def test_fork_while_other_threads_write_and_flush_never_hangs(tmp_path: Path) -> None:
+    """ipykernel: a fork while another thread holds the buffer lock leaves the
+    child's lock held forever."""
+    run = run_scenario(
+        """
+        import os, threading, time
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        stop = threading.Event()
+        def hammer():
+            while not stop.is_set():
+                out.write("h" * 100)
+                out.flush()
+        workers = [threading.Thread(target=hammer) for _ in range(2)]
+        for w in workers: w.start()
+        hung = 0
+        for n in range(40):
+            pid = os.fork()
+            if pid == 0:
+                out.write(f"child {n}\\n"); out.flush(); os._exit(0)
+            deadline = time.monotonic() + 15
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done: break
+                if time.monotonic() > deadline:
+                    os.kill(pid, 9); os.waitpid(pid, 0); hung += 1; break
+                time.sleep(0.005)
+        stop.set()
+        for w in workers: w.join()
+        out.flush()
+        ok = k.wait_for(lambda: all(f"child {n}\\n" in k.text() for n in range(40)), timeout=30)
+        report({"hung": hung, "ok": ok})
+        """,
+        tmp_path,
+        timeout=300,
+    )
+    assert run.result == {"hung": 0, "ok": True}
+
+
+def test_subprocess_pipe_is_private_ipc(kernel: Kernelish) -> None:
+    """ipykernel binds the pipe on TCP 127.0.0.1, reachable by any local user."""
+    if sys.platform == "win32":
+        pytest.skip("Windows keeps loopback TCP")
+    endpoint = kernel.thread._pipe_server.endpoint
+    assert endpoint.startswith("ipc://")
+    directory = Path(endpoint[len("ipc://") :]).parent
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_messages_with_a_wrong_key_are_logged_never_published(
+    kernel: Kernelish, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = kernel.thread._pipe_server.endpoint
+    intruder = kernel.context.socket(zmq.DEALER)
+    intruder.linger = 0
+    intruder.connect(endpoint)
+    frames = kernel.session.serialize(kernel.session.msg("stream", {"name": "stdout", "text": "evil"}))
+    with caplog.at_level(logging.WARNING, logger="iostream"):
+        intruder.send_multipart([b"0" * 16, b"1", *frames])
+        kernel.receiver.poll(0.5)
+        kernel.thread.flush(5)
+    assert kernel.receiver.streams() == []
+    assert "rejected" in caplog.text
+    intruder.close()
