@@ -29,12 +29,14 @@ class Setup:
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.socket = self.context.socket(zmq.XPUB)
         self.socket.linger = 0
+        self.socket.sndhwm = 0  # the receiver reads late: PUB must not drop
         port = self.socket.bind_to_random_port("tcp://127.0.0.1")
         self.session = Session(key=KEY)
         self.thread = mod.IOPubThread(self.socket, pipe=pipe, session=self.session)
         self.thread.start()
         self.sub = self.context.socket(zmq.SUB)
         self.sub.linger = 0
+        self.sub.rcvhwm = 0
         self.sub.connect(f"tcp://127.0.0.1:{port}")
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.rsession = Session(key=KEY)

@@ -1,4 +1,4 @@
-"""Shared fixtures: real zmq sockets on loopback, a keyed Session, a receiver.
+"""Fixtures: real zmq sockets on loopback, a keyed Session, a receiver.
 
 Set ``IOSTREAM_IMPL=ipykernel.iostream`` to run the tests that use the ``impl``
 fixture against ipykernel's module instead of ours (to see where it is broken).
@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
 
 import pytest
 import zmq
-from jupyter_client.session import Session
 
-KEY = b"a-test-key-0123456789"
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from support import Kernelish, started_kernel
 
 
 @pytest.fixture(scope="session")
@@ -31,179 +23,13 @@ def impl() -> ModuleType:
     return importlib.import_module(os.environ.get("IOSTREAM_IMPL", "iostream"))
 
 
-@dataclass
-class Receiver:
-    """A SUB socket with a keyed Session that deserializes (and so verifies) all."""
-
-    socket: zmq.Socket[bytes]
-    session: Session
-    messages: list[dict[str, Any]] = field(default_factory=list)
-
-    def poll(self, timeout: float) -> bool:
-        """Receive what arrives within ``timeout`` seconds; True if anything came."""
-        got = False
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.socket.poll(int(remaining * 1000)):
-                return got
-            _, frames = self.session.feed_identities(self.socket.recv_multipart())
-            self.messages.append(self.session.deserialize(frames))
-            got = True
-
-    def wait_for(self, condition: Callable[[list[dict[str, Any]]], bool], timeout: float = 10) -> None:
-        """Receive until ``condition(messages)`` holds; fail after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not condition(self.messages):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out; received {self.summary()}")
-            self.poll(0.05)
-
-    def streams(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The stream messages received so far (of one stream, if named)."""
-        return [
-            m
-            for m in self.messages
-            if m["msg_type"] == "stream" and (name is None or m["content"]["name"] == name)
-        ]
-
-    def text(self, name: str | None = None) -> str:
-        """The concatenated text of the stream messages received so far."""
-        return "".join(m["content"]["text"] for m in self.streams(name))
-
-    def wait_for_text(self, expected: str, name: str | None = None, timeout: float = 10) -> None:
-        """Receive until the stream text is at least as long as ``expected``."""
-        self.wait_for(lambda _m: len(self.text(name)) >= len(expected), timeout)
-
-    def summary(self) -> str:
-        return repr([(m["msg_type"], m["content"]) for m in self.messages])[:2000]
-
-
-@dataclass
-class Kernelish:
-    """What a kernel has: a context, an XPUB socket, a session, an IO thread."""
-
-    context: zmq.Context[zmq.Socket[bytes]]
-    socket: zmq.Socket[bytes]
-    session: Session
-    thread: Any
-    receiver: Receiver
-    module: ModuleType
-    streams: list[Any] = field(default_factory=list)
-
-    def stream(self, name: str = "stdout", **kwargs: Any) -> Any:
-        kwargs.setdefault("watchfd", False)
-        stream = self.module.OutStream(self.session, self.thread, name, **kwargs)
-        self.streams.append(stream)
-        return stream
-
-
-def make_receiver(context: zmq.Context[zmq.Socket[bytes]], port: int) -> Receiver:
-    sub = context.socket(zmq.SUB)
-    sub.linger = 0
-    sub.connect(f"tcp://127.0.0.1:{port}")
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    return Receiver(sub, Session(key=KEY))
-
-
-def wait_until_subscribed(kernel: Kernelish) -> None:
-    """Probe until the SUB socket receives (the slow-joiner problem)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        kernel.session.send(kernel.thread, "probe", {})
-        if kernel.receiver.poll(0.05):
-            kernel.receiver.poll(0.05)
-            kernel.receiver.messages.clear()
-            return
-    raise AssertionError("the receiver never got a message")
-
-
 @pytest.fixture
 def kernel(impl: ModuleType) -> Iterator[Kernelish]:
     """A started IOPubThread(pipe=True) on an XPUB socket, with a subscribed receiver."""
-    yield from _kernel(impl, zmq.XPUB)
+    yield from started_kernel(impl, zmq.XPUB)
 
 
 @pytest.fixture
 def pub_kernel(impl: ModuleType) -> Iterator[Kernelish]:
     """Like ``kernel`` but on a plain PUB socket."""
-    yield from _kernel(impl, zmq.PUB)
-
-
-def _kernel(impl: ModuleType, socket_type: int) -> Iterator[Kernelish]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    socket = context.socket(socket_type)
-    socket.linger = 0
-    port = socket.bind_to_random_port("tcp://127.0.0.1")
-    session = Session(key=KEY)
-    thread = impl.IOPubThread(socket, pipe=True, session=session)
-    thread.start()
-    kernel = Kernelish(context, socket, session, thread, make_receiver(context, port), impl)
-    wait_until_subscribed(kernel)
-    yield kernel
-    for stream in kernel.streams:
-        stream.close()
-    thread.stop()
-    thread.close()
-    kernel.receiver.socket.close()
-    context.destroy(linger=0)
-
-
-def run_python(code: str, timeout: float = 60, **env: str) -> tuple[int, str, str]:
-    """Run ``code`` in a fresh interpreter with ``src`` importable."""
-    import subprocess
-
-    environment = dict(os.environ)
-    environment.pop("PYTEST_CURRENT_TEST", None)
-    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
-    environment.update(env)
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=environment,
-        errors="replace",
-    )
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-@dataclass
-class ScenarioResult:
-    returncode: int
-    stdout: bytes
-    stderr: str
-    result: dict[str, Any]
-
-
-def run_scenario(code: str, tmp_path: Path, timeout: float = 90, **env: str) -> ScenarioResult:
-    """Run ``code`` (a script using ``childkit``) in a fresh interpreter.
-
-    Its fds 1 and 2 are real files, not pytest's capture; it reports through
-    ``childkit.report``. The child's raw stdout bytes are returned too.
-    """
-    import json
-    import subprocess
-    import textwrap
-
-    script = tmp_path / "scenario.py"
-    script.write_text(textwrap.dedent(code))
-    result_file = tmp_path / "result.json"
-    environment = dict(os.environ)
-    environment.pop("PYTEST_CURRENT_TEST", None)
-    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
-    environment.update(env)
-    with open(tmp_path / "stdout", "wb") as out, open(tmp_path / "stderr", "wb") as err:
-        proc = subprocess.run(
-            [sys.executable, str(script), str(result_file)],
-            stdout=out,
-            stderr=err,
-            timeout=timeout,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-        )
-    stderr = (tmp_path / "stderr").read_text(errors="replace")
-    result = json.loads(result_file.read_text()) if result_file.exists() else {}
-    if proc.returncode != 0 or not result:
-        raise AssertionError(f"scenario failed (rc={proc.returncode}):\n{stderr[-3000:]}")
-    return ScenarioResult(proc.returncode, (tmp_path / "stdout").read_bytes(), stderr, result)
+    yield from started_kernel(impl, zmq.PUB)

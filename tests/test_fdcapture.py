@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_scenario
+from support import run_scenario
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/fd").exists(), reason="needs Linux /proc for fd counts"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from conftest import Kernelish, run_scenario
+from support import Kernelish, run_scenario
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -174,7 +174,9 @@ def test_messages_with_a_wrong_key_are_logged_never_published(
     intruder = kernel.context.socket(zmq.DEALER)
     intruder.linger = 0
     intruder.connect(endpoint)
-    frames = kernel.session.serialize(kernel.session.msg("stream", {"name": "stdout", "text": "evil"}))
+    frames = kernel.session.serialize(
+        kernel.session.msg("stream", {"name": "stdout", "text": "evil"})
+    )
     with caplog.at_level(logging.WARNING, logger="iostream"):
         intruder.send_multipart([b"0" * 16, b"1", *frames])
         kernel.receiver.poll(0.5)
@@ -182,3 +184,66 @@ def test_messages_with_a_wrong_key_are_logged_never_published(
     assert kernel.receiver.streams() == []
     assert "rejected" in caplog.text
     intruder.close()
+
+
+def test_child_text_keeps_parent_with_dates_and_replaces_lone_surrogates(
+    tmp_path: Path,
+) -> None:
+    """A child's text goes to the parent as records: the parent header (with a
+    datetime, as a deserialized request has) must survive, and a lone surrogate
+    must become U+FFFD instead of breaking the record."""
+    run = run_scenario(
+        """
+        import datetime, os
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        request = k.session.msg("execute_request", {"code": ""})
+        request["header"]["date"] = datetime.datetime.now(datetime.timezone.utc)
+        out.set_parent(request)
+        pid = os.fork()
+        if pid == 0:
+            out.write("bad \\ud800 surrogate\\n")
+            out.write("partial line")
+            out.flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        ok = k.wait_for(lambda: "partial line" in k.text())
+        report({
+            "ok": ok, "text": k.text(),
+            "parents": [m["parent_header"].get("msg_id") for m in k.streams()],
+            "want": request["header"]["msg_id"],
+        })
+        """,
+        tmp_path,
+    )
+    r = run.result
+    assert r["ok"], r
+    assert r["text"] == "bad \ufffd surrogate\npartial line"
+    assert set(r["parents"]) == {r["want"]}
+
+
+def test_malformed_child_records_are_logged_and_output_continues(
+    kernel: Kernelish, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record with the right key but a broken payload is logged, acknowledged
+    and dropped; the IO thread keeps publishing."""
+    server = kernel.thread._pipe_server
+    sender = kernel.context.socket(zmq.DEALER)
+    sender.linger = 0
+    sender.connect(server.endpoint)
+    stream = kernel.stream()
+    with caplog.at_level(logging.WARNING, logger="iostream"):
+        sender.send_multipart([server.key, b"1", b"t", b"not-a-number", b"stdout", b"{", b"x"])
+        sender.send_multipart([server.key, b"2", b"?", b"unknown kind"])
+        assert sender.poll(5000), "the parent never acknowledged"
+        acks = [sender.recv_multipart()[0]]
+        assert sender.poll(5000), "the parent never acknowledged"
+        acks.append(sender.recv_multipart()[0])
+    sender.close()
+    assert acks == [b"1", b"2"]
+    assert any("child" in r.getMessage() for r in caplog.records)
+    stream.write("still alive\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("still alive\n")
+    assert kernel.receiver.text() == "still alive\n"

@@ -17,7 +17,7 @@ from jupyter_client.session import Session
 from tornado.ioloop import IOLoop
 
 import iostream
-from conftest import KEY, Kernelish, make_receiver
+from support import KEY, Kernelish, make_receiver
 
 
 def test_module_constants(impl: ModuleType) -> None:
@@ -221,9 +221,7 @@ def test_every_xpub_subscriber_is_welcomed(kernel: Kernelish) -> None:
     port = int(kernel.socket.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
     for _ in range(3):
         receiver = make_receiver(kernel.context, port)
-        receiver.wait_for(
-            lambda ms: any(m["msg_type"] == "iopub_welcome" for m in ms), timeout=5
-        )
+        receiver.wait_for(lambda ms: any(m["msg_type"] == "iopub_welcome" for m in ms), timeout=5)
         welcome = next(m for m in receiver.messages if m["msg_type"] == "iopub_welcome")
         assert welcome["content"] == {"subscription": ""}
         receiver.socket.close()

@@ -17,7 +17,7 @@ import zmq
 from jupyter_client.session import Session
 
 import iostream
-from conftest import KEY, Kernelish
+from support import KEY, Kernelish
 
 # -- constructors -----------------------------------------------------------------
 
@@ -34,7 +34,9 @@ def test_ipykernel_argument_order(kernel: Kernelish) -> None:
 
 def test_pipe_positional_is_deprecated_and_ignored(kernel: Kernelish) -> None:
     with pytest.warns(DeprecationWarning, match="pipe"):
-        stream = kernel.module.OutStream(kernel.session, kernel.thread, "stderr", object(), watchfd=False)
+        stream = kernel.module.OutStream(
+            kernel.session, kernel.thread, "stderr", object(), watchfd=False
+        )
     kernel.streams.append(stream)
     stream.write("still works\n")
     stream.flush()
@@ -82,7 +84,7 @@ def test_any_object_with_schedule_is_accepted_as_thread(kernel: Kernelish) -> No
     port = socket.bind_to_random_port("tcp://127.0.0.1")
     stock = StockThread(socket, session=kernel.session)
     stock.start()
-    from conftest import make_receiver
+    from support import make_receiver
 
     receiver = make_receiver(context, port)
     with warnings.catch_warnings():

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED
+from support import ROOT, SHARED
 
 EXAMPLES = SHARED / "seed-examples"
 
@@ -29,7 +28,8 @@ def test_1_basic_output_stream() -> None:
     proc = run_example("1_basic_output_stream.py")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
-        "[stdout] stream: {'name': 'stdout', 'text': 'This output goes to the Jupyter frontend\\n'}",
+        "[stdout] stream: {'name': 'stdout', "
+        "'text': 'This output goes to the Jupyter frontend\\n'}",
         "[stdout] stream: {'name': 'stdout', 'text': 'Multiple lines are supported\\n'}",
     ]
 

@@ -5,11 +5,12 @@ Any thread may use it: sends are handed to the IO thread with ``schedule``.
 
 from __future__ import annotations
 
-import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
 import zmq
+
+from .completion import Completion
 
 if TYPE_CHECKING:
     from .iothread import IOPubThread
@@ -78,7 +79,7 @@ class BackgroundSocket:
         thread = self._thread()
         result: list[Any] = []
         errors: list[BaseException] = []
-        done = threading.Event()
+        done = Completion()
 
         def receive() -> None:
             try:

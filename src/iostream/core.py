@@ -13,8 +13,8 @@ The model:
 * When one owner writes under a parent whose latest run belongs to another owner
   (stdout then stderr in the same cell), a new run starts, so the order across
   streams of the same parent is kept.
-* :meth:`OutputBuffer.drain` hands the runs out in the order they were started,
-  each split into messages of at most ``max_message_chars`` characters.
+* :meth:`OutputBuffer.drain` hands the runs out in the order they were started;
+  :func:`split_text` cuts a run into messages of bounded size.
 """
 
 from __future__ import annotations
@@ -48,26 +48,46 @@ class _Run:
 
 
 class FlushPolicy:
-    """Decides when buffered text is due, given the time of the last flush.
+    """Decides when buffered text is due.
 
-    Output after an idle period goes out almost at once (``idle_delay``), so the
-    first line of a cell appears without waiting; while output keeps coming it is
-    batched, at most one flush per ``interval`` after the previous one.
+    * Output after an idle period goes out almost at once (``idle_delay``), so
+      the first line of a cell appears without waiting.
+    * While output keeps coming it is batched: the next flush is due one
+      ``interval`` after the previous one.
+    * A large burst (``burst_chars`` or more pending) that has gone quiet for
+      ``quiet_gap`` is flushed without waiting for the interval to end.
     """
 
-    def __init__(self, idle_delay: float = 0.002) -> None:
+    def __init__(
+        self, idle_delay: float = 0.002, quiet_gap: float = 0.01, burst_chars: int = 1 << 16
+    ) -> None:
         self.idle_delay = idle_delay
+        self.quiet_gap = quiet_gap
+        self.burst_chars = burst_chars
         self._last_flush: float | None = None
 
-    def delay(self, now: float, interval: float) -> float:
-        """Seconds from ``now`` until a flush of newly buffered text is due.
-
-        ``interval`` is the batching period (the stream's ``flush_interval``).
-        """
+    def due(self, armed_at: float, interval: float) -> float:
+        """When text first buffered at ``armed_at`` is due at the latest."""
         last = self._last_flush
-        if last is None or now - last >= interval:
-            return min(self.idle_delay, interval)
-        return max(0.0, last + interval - now)
+        if last is None or armed_at - last >= interval:
+            return armed_at + min(self.idle_delay, interval)
+        return last + interval
+
+    def decide(
+        self, now: float, armed_at: float, last_write: float, pending: int, interval: float
+    ) -> float:
+        """0 if a flush is due ``now``; else how long to wait before asking again.
+
+        ``armed_at`` is when the oldest pending text was written, ``last_write``
+        when the newest was, ``pending`` how many characters wait.
+        """
+        due = self.due(armed_at, interval)
+        quiet_at = last_write + self.quiet_gap
+        if now >= due or (pending >= self.burst_chars and now >= quiet_at):
+            return 0.0
+        return max(
+            0.0, min(due, quiet_at if pending >= self.burst_chars else now + self.quiet_gap) - now
+        )
 
     def flushed(self, now: float) -> None:
         """Record that buffered text was flushed at ``now``."""
@@ -81,13 +101,12 @@ class OutputBuffer:
     by :func:`parent_key`.
     """
 
-    def __init__(self, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS) -> None:
-        if max_message_chars < 1:
-            raise ValueError("max_message_chars must be at least 1")
-        self.max_message_chars = max_message_chars
+    def __init__(self) -> None:
         self._runs: list[_Run] = []
         # parent key -> latest run under that parent
         self._latest: dict[object, _Run] = {}
+        # the run appended to last: most writes repeat its owner and parent
+        self._tail: _Run | None = None
         self.pending_chars = 0
 
     def __bool__(self) -> bool:
@@ -95,6 +114,11 @@ class OutputBuffer:
 
     def append(self, owner: int, parent: Parent, text: str) -> None:
         """Add ``text`` written by ``owner`` under ``parent``."""
+        tail = self._tail
+        if tail is not None and tail.parent is parent and tail.owner == owner:
+            tail.parts.append(text)
+            self.pending_chars += len(text)
+            return
         if not text:
             return
         key = parent_key(parent)
@@ -103,6 +127,7 @@ class OutputBuffer:
             run = _Run(owner, parent)
             self._runs.append(run)
             self._latest[key] = run
+        self._tail = run
         run.parts.append(text)
         self.pending_chars += len(text)
 
@@ -111,7 +136,7 @@ class OutputBuffer:
         return any(run.owner == owner for run in self._runs)
 
     def drain(self, owner: int | None = None) -> list[Chunk]:
-        """Remove and return the buffered text, as messages in publishing order.
+        """Remove and return the buffered text, one chunk per run, in publishing order.
 
         With ``owner`` given, only that owner's runs are taken; the others stay.
         """
@@ -122,12 +147,9 @@ class OutputBuffer:
             kept = [run for run in self._runs if run.owner != owner]
         self._runs = kept
         self._latest = {parent_key(run.parent): run for run in kept}
+        self._tail = None
         self.pending_chars = sum(len(part) for run in kept for part in run.parts)
-        return [
-            Chunk(run.owner, run.parent, piece)
-            for run in taken
-            for piece in split_text("".join(run.parts), self.max_message_chars)
-        ]
+        return [Chunk(run.owner, run.parent, "".join(run.parts)) for run in taken]
 
 
 def parent_key(parent: Parent) -> object:

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import weakref
 from binascii import b2a_hex
 from collections import deque
@@ -33,7 +34,8 @@ from tornado.ioloop import IOLoop
 
 from . import forksafety
 from .background_socket import BackgroundSocket
-from .subprocess_pipe import PipeClient, PipeServer
+from .completion import Completion
+from .subprocess_pipe import PipeClient, PipeServer, TextHandler
 
 logger = logging.getLogger("iostream")
 
@@ -76,6 +78,7 @@ class IOPubThread:
         self._warned_no_socket = False
         self._pipe_server: PipeServer | None = None
         self._pipe_client: PipeClient | None = None
+        self._child_text_handler: TextHandler | None = None
         self._is_xpub = _socket_type(socket) == zmq.XPUB
         if self._is_xpub:
             # Without VERBOSE, XPUB passes up only the first subscription to a
@@ -119,6 +122,17 @@ class IOPubThread:
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
         return self.socket is None
+
+    @property
+    def running(self) -> bool:
+        """Whether scheduled calls are queued for the IO thread (started, not stopped).
+
+        Unlike ``thread.is_alive()``, reading this is safe when a
+        KeyboardInterrupt strikes: CPython 3.11 marks a running thread as
+        stopped if ``is_alive()`` is interrupted (the bpo-45274 handling).
+        """
+        state = self._state
+        return state is _State.RUNNING or state is _State.STOPPING
 
     @property
     def stopping(self) -> bool:
@@ -189,7 +203,7 @@ class IOPubThread:
         Held weakly: it is forgotten when its object is collected. Any thread.
         """
         with self._lock:
-            self._stop_callbacks.append(weakref.WeakMethod(callback))  # type: ignore[arg-type]
+            self._stop_callbacks.append(weakref.WeakMethod(callback))
 
     # -- the cross-thread primitive ------------------------------------------
 
@@ -218,19 +232,61 @@ class IOPubThread:
         """
         if self._on_io_thread():
             return not self._events
-        done = threading.Event()
+        deadline = time.monotonic() + timeout
+        done = Completion()
         self.schedule(done.set)
-        return done.wait(timeout)
+        return done.wait(timeout) and self.wait_delivered(deadline - time.monotonic())
+
+    def wait_delivered(self, timeout: float) -> bool:
+        """In a forked child, wait until the parent has every message sent so far.
+
+        In the parent process messages are on the socket once sent: True at once.
+        Any thread.
+        """
+        client = self._pipe_client
+        if client is None or self._is_master_process():
+            return True
+        return client.wait_delivered(timeout)
 
     def send_multipart(self, *args: Any, **kwargs: Any) -> None:
         """Send a multipart message on the IO thread (socket-like). Any thread.
 
-        Called on the IO thread, it sends at once.
+        Called on the IO thread, it sends at once; so does a forked child, which
+        hands the message to its connection to the parent on the calling thread.
         """
-        if self._on_io_thread():
+        if self._child_needs_thread:
+            self._start_child_thread()
+        if self._on_io_thread() or self._pipe_client is not None:
             self._really_send(*args, **kwargs)
         else:
             self.schedule(self._really_send, *args, **kwargs)
+
+    def set_child_text_handler(self, handler: TextHandler | None) -> None:
+        """Receive the stream text forked children send with :meth:`send_child_text`.
+
+        ``handler(owner, name, parent, text)`` runs on the IO thread of this (the
+        parent) process. Without a handler such text is logged and dropped. Any thread.
+        """
+        self._child_text_handler = handler
+
+    @property
+    def pipes_to_parent(self) -> bool:
+        """Whether this is a forked child whose output goes to the parent's pipe."""
+        return self._child_needs_thread or self._pipe_client is not None
+
+    def send_child_text(self, owner: int, name: str, parent: bytes, text: str) -> None:
+        """In a forked child, hand stream text to the parent on the calling thread.
+
+        Once this returns the text is queued on the child's one connection to the
+        parent; :meth:`flush` waits until the parent has it. Any thread, forked
+        children only (see :attr:`pipes_to_parent`).
+        """
+        if self._child_needs_thread:
+            self._start_child_thread()
+        client = self._pipe_client
+        if client is None:
+            raise RuntimeError("send_child_text() needs a forked child of a pipe=True thread")
+        client.send_text(owner, name, parent, text)
 
     def _really_send(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
         """Perform one send: on the socket, or to the parent from a forked child.
@@ -269,9 +325,13 @@ class IOPubThread:
         return self.thread.ident == threading.get_ident()
 
     def _wake_locked(self) -> None:
-        """Wake the IO thread. Caller holds ``_lock`` (which serialises pipe_out)."""
-        self._wake_pending = True
+        """Wake the IO thread. Caller holds ``_lock`` (which serialises pipe_out).
+
+        The flag is set only once the wake-up is sent: a KeyboardInterrupt in
+        between costs one spare wake-up, never a thread that sleeps forever.
+        """
         self.pipe_out.send(b"", zmq.NOBLOCK)
+        self._wake_pending = True
 
     def _call(self, f: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]) -> None:
         try:
@@ -340,7 +400,8 @@ class IOPubThread:
         if self._pipe_server is not None:
             server = self._pipe_server
             self._io_add_reader(
-                server.socket, lambda frames: server.handle(frames, self._really_send)
+                server.socket,
+                lambda frames: server.handle(frames, self._really_send, self._child_text_handler),
             )
         if self._is_xpub and self._is_master_process():
             self.io_loop.add_handler(self.socket, self._io_on_socket_event, IOLoop.READ)
@@ -367,7 +428,7 @@ class IOPubThread:
 
         def on_event(_fd: Any, _events: int) -> None:
             # zmq's FD is edge-triggered: read until no message is left.
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 on_message(sock.recv_multipart(zmq.NOBLOCK))
             if after is not None:
                 after()

@@ -14,8 +14,8 @@ arrives in that order.
 from __future__ import annotations
 
 import contextvars
-import functools
 import io
+import json
 import logging
 import os
 import sys
@@ -26,15 +26,26 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from jupyter_client.jsonutil import json_default
 from jupyter_client.session import extract_header
 
 from . import forksafety
-from .core import DEFAULT_MAX_MESSAGE_CHARS, Chunk, FlushPolicy, OutputBuffer, Parent
-from .core import complete_lines, make_publishable, split_text
+from .completion import Completion
+from .core import (
+    DEFAULT_MAX_MESSAGE_CHARS,
+    Chunk,
+    FlushPolicy,
+    OutputBuffer,
+    Parent,
+    complete_lines,
+    make_publishable,
+    split_text,
+)
 from .fdcapture import FdCapture
 from .iothread import IOPubThread
 
 logger = logging.getLogger("iostream")
+_monotonic = time.monotonic
 
 Hook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 _STD_FDS = {"stdout": 1, "stderr": 2}
@@ -43,13 +54,15 @@ _STD_FDS = {"stdout": 1, "stderr": 2}
 class _StreamGroup:
     """The shared buffer of the streams that publish through one thread or session.
 
-    ``lock`` guards ``buffer``, ``policy`` and ``armed`` (any thread); ``timer`` is
-    IO-thread-only; ``local.publishing`` marks a thread that is publishing, so
-    output it produces meanwhile goes to the original stream instead of looping.
+    ``lock`` guards ``buffer``, ``policy`` and the ``armed``/``armed_at``/
+    ``last_write`` times (any thread); ``timer`` is IO-thread-only;
+    ``publisher_ident`` names the thread that is publishing, so output it
+    produces meanwhile goes to the original stream instead of looping.
     """
 
     def __init__(self) -> None:
         self.members: weakref.WeakValueDictionary[int, OutStream] = weakref.WeakValueDictionary()
+        self.forked = False  # this process is a fork of the one that made the group
         self._renew()
         forksafety.register(self)
 
@@ -58,13 +71,17 @@ class _StreamGroup:
         self.publish_lock = threading.RLock()
         self.buffer = OutputBuffer()
         self.policy = FlushPolicy()
-        self.armed = False
+        self.armed = False  # a flush is promised for the pending text
+        self.armed_at = 0.0
+        self.last_write = 0.0
+        self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
         self.timer: object | None = None
-        self.local = threading.local()
+        self.publisher_ident: int | None = None
 
     def _after_fork_in_child(self) -> None:
         # The parent's pending text is the parent's to publish, not the child's.
         self._renew()
+        self.forked = True
 
     def take(self, now: float, owner: int | None = None) -> list[Chunk]:
         """Remove the pending text (of ``owner`` only, if given). Any thread."""
@@ -76,9 +93,39 @@ class _StreamGroup:
                 self.policy.flushed(now)
         return chunks
 
-    def is_publishing(self) -> bool:
-        """Whether the calling thread is inside a publish of this group."""
-        return getattr(self.local, "publishing", False)
+    def delay(self, interval: float) -> float | None:
+        """Seconds until the promised flush is due (0: now); None if none is promised."""
+        with self.lock:
+            if not self.armed:
+                return None
+            return self.policy.decide(
+                time.monotonic(),
+                self.armed_at,
+                self.last_write,
+                self.buffer.pending_chars,
+                interval,
+            )
+
+    def pack_parent(self, parent: Parent) -> bytes:
+        """``parent`` as JSON, cached for the latest parent. Publishing thread."""
+        last, packed = self.packed_parent
+        if last is not parent:
+            packed = json.dumps(parent, default=json_default).encode()
+            self.packed_parent = (parent, packed)
+        return packed
+
+    def _io_receive_child_text(self, owner: int, name: str, parent: Parent, text: str) -> None:
+        """Buffer text a forked child wrote to its copy of one of our streams.
+
+        IO thread only (the thread's child text handler).
+        """
+        stream = self.members.get(owner)
+        if stream is None:
+            stream = next((s for s in list(self.members.values()) if s.name == name), None)
+        if stream is None:
+            logger.warning("iostream: dropped %s output of a child: no such stream", name)
+            return
+        stream._buffer_under(parent, text)
 
 
 _groups: weakref.WeakKeyDictionary[Any, _StreamGroup] = weakref.WeakKeyDictionary()
@@ -97,6 +144,9 @@ def _group_for(key: Any) -> _StreamGroup:
 
 
 def _thread_running(pub_thread: Any) -> bool:
+    running = getattr(pub_thread, "running", None)
+    if isinstance(running, bool):  # ours: no is_alive() on the hot path
+        return running
     thread = getattr(pub_thread, "thread", None)
     return thread is not None and thread.is_alive()
 
@@ -182,6 +232,8 @@ class OutStream(io.TextIOBase):
         self._group.members[self._owner] = self
         if hasattr(pub_thread, "add_stop_callback"):
             pub_thread.add_stop_callback(self._flush)
+        if hasattr(pub_thread, "set_child_text_handler"):
+            pub_thread.set_child_text_handler(self._group._io_receive_child_text)
         self._should_watch = self._wants_fd_capture(watchfd)
         if self._should_watch:
             self._setup_stream_redirects(name)
@@ -243,7 +295,7 @@ class OutStream(io.TextIOBase):
     # -- TextIOBase --------------------------------------------------------
 
     @property
-    def closed(self) -> bool:  # type: ignore[override]
+    def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
         return self._closed
 
@@ -261,7 +313,7 @@ class OutStream(io.TextIOBase):
             return self._original_stdstream_copy
         raise io.UnsupportedOperation("fileno")
 
-    def write(self, string: str) -> int:  # type: ignore[override]
+    def write(self, string: str) -> int:
         """Buffer ``string`` for publishing under the current parent. Any thread.
 
         Raises TypeError for a non-str and ValueError once closed. Text written
@@ -274,7 +326,8 @@ class OutStream(io.TextIOBase):
             raise ValueError("I/O operation on closed file")
         if self.echo is not None:
             self._echo_write(string)
-        if self._group.is_publishing():
+        publisher = self._group.publisher_ident
+        if publisher is not None and publisher == threading.get_ident():
             self._write_to_original(string)
         else:
             self._buffer_text(string)
@@ -295,13 +348,22 @@ class OutStream(io.TextIOBase):
         if self._closed:
             return
         thread = self._publisher
+        if self._in_piping_child():
+            self._flush()  # hands the text over on this thread, then waits for the ack
+            if not thread.wait_delivered(self.flush_timeout):
+                print("IOStream.flush timed out", file=sys.__stderr__)
+            return
         if thread is None or _on_thread_of(thread) or not _thread_running(thread):
             self._run_on(thread, self._flush)
             return
-        done = threading.Event()
+        deadline = _monotonic() + self.flush_timeout
+        done = Completion()
         thread.schedule(self._flush)
         thread.schedule(done.set)
-        if not done.wait(self.flush_timeout):
+        delivered = done.wait(self.flush_timeout)
+        if delivered and hasattr(thread, "wait_delivered"):
+            delivered = thread.wait_delivered(deadline - _monotonic())
+        if not delivered:
             print("IOStream.flush timed out", file=sys.__stderr__)
 
     def close(self) -> None:
@@ -321,40 +383,61 @@ class OutStream(io.TextIOBase):
 
     def _buffer_text(self, text: str) -> None:
         """Add text under the current parent and make sure a flush will come."""
+        parent = self._parent_header.get(None)
+        if parent is None:
+            parent = self._parent_header_global
+        self._buffer_under(parent, text)
+
+    def _buffer_under(self, parent: Parent, text: str) -> None:
+        """Add text under ``parent`` and make sure a flush will come. Any thread."""
         group = self._group
-        parent = self.parent_header
+        now = _monotonic()
         with group.lock:
             group.buffer.append(self._owner, parent, text)
-            backlog = group.buffer.pending_chars
-            arm = not group.armed
+            group.last_write = now
+            # Re-arm too if a flush was promised long ago but never came (an
+            # interrupt between arming and scheduling the timer).
+            arm = not group.armed or now - group.armed_at > self.flush_interval + 1.0
             if arm:
-                group.armed = True
-                delay = group.policy.delay(time.monotonic(), self.flush_interval)
+                group.armed, group.armed_at = True, now
+            backlog = group.buffer.pending_chars
         if self._publisher is None:
             if "\n" in text:
                 self._publish_complete_lines()
+        elif "\n" in text and group.forked:
+            # A forked child hands each line to the parent at once, which batches
+            # it: pools kill their workers without a flush.
+            self._flush()
         elif arm:
             self._flush_pending = True
-            self._arm_flush(delay)
+            self._arm_flush()
         elif backlog > self.max_buffer_chars:
             self.flush()
 
-    def _arm_flush(self, delay: float) -> None:
+    def _in_piping_child(self) -> bool:
+        """Whether this is a forked child whose thread pipes output to the parent."""
+        return self._group.forked and bool(getattr(self._publisher, "pipes_to_parent", False))
+
+    def _arm_flush(self) -> None:
         thread = self._publisher
         if _thread_running(thread):
-            thread.schedule(functools.partial(self._io_arm_timer, delay))
+            thread.schedule(self._io_on_timer)
         else:
             self._run_on(thread, self._flush)
 
-    def _io_arm_timer(self, delay: float) -> None:
-        if getattr(self._publisher, "stopping", False):
-            self._flush()  # the loop is about to end; a timer would never fire
+    def _io_on_timer(self) -> None:
+        """Flush if due, else check again when it may be. IO thread only."""
+        thread = self._publisher
+        delay = self._group.delay(self.flush_interval)
+        if delay is None:
+            return  # flushed meanwhile
+        if delay <= 0 or getattr(thread, "stopping", False):
+            self._flush()  # (a stopping loop would never run the timer)
             return
         group = self._group
-        loop = self._publisher.io_loop
         if group.timer is not None:
-            loop.remove_timeout(group.timer)
-        group.timer = loop.call_later(delay, self._flush)
+            thread.io_loop.remove_timeout(group.timer)
+        group.timer = thread.io_loop.call_later(delay, self._io_on_timer)
 
     def _run_on(self, thread: Any, f: Callable[[], None]) -> None:
         if thread is None or _on_thread_of(thread):
@@ -373,7 +456,10 @@ class OutStream(io.TextIOBase):
         if group.timer is not None and _on_thread_of(self._publisher):
             self._publisher.io_loop.remove_timeout(group.timer)
             group.timer = None
-        self._publish(group.take(time.monotonic()))
+        # Take and publish under one lock: in a forked child the writing thread
+        # and the IO thread may both flush, and must not reorder the text.
+        with group.publish_lock:
+            self._publish(group.take(time.monotonic()))
 
     def _publish_complete_lines(self) -> None:
         """Without a thread: publish up to the last newline, keep the rest."""
@@ -399,22 +485,35 @@ class OutStream(io.TextIOBase):
             return
         group = self._group
         with group.publish_lock:
-            group.local.publishing = True
+            outer = group.publisher_ident
+            group.publisher_ident = threading.get_ident()
             try:
                 for chunk in chunks:
                     stream = group.members.get(chunk.owner, self)
                     stream._publish_text(chunk.parent, chunk.text)
             finally:
-                group.local.publishing = False
+                group.publisher_ident = outer
 
     def _publish_text(self, parent: Parent, text: str) -> None:
         """Send ``text`` as one or more stream messages. Never raises."""
-        for piece in split_text(make_publishable(text), self.max_message_chars):
+        text = make_publishable(text)
+        if self._in_piping_child():
+            self._send_to_parent(parent, text)
+            return
+        for piece in split_text(text, self.max_message_chars):
             content = {"name": self.name, "text": piece}
             try:
                 self._send(content, parent)
             except Exception:
                 logger.exception("iostream: publishing %s output failed", self.name)
+
+    def _send_to_parent(self, parent: Parent, text: str) -> None:
+        """From a forked child: hand ``text`` to the parent, which publishes it."""
+        try:
+            packed = self._group.pack_parent(parent)
+            self._publisher.send_child_text(self._owner, self.name, packed, text)
+        except Exception:
+            logger.exception("iostream: handing %s output to the parent failed", self.name)
 
     def _send(self, content: dict[str, str], parent: Parent) -> None:
         session = self.session
@@ -425,9 +524,9 @@ class OutStream(io.TextIOBase):
             session.pid = os.getpid()  # the thread, not Session, handles forks
         msg: dict[str, Any] | None = session.msg("stream", content, parent=parent)
         for hook in list(self._hooks):
-            msg = self._run_hook(hook, msg)
-            if msg is None:
-                return
+            msg = self._run_hook(hook, msg) if msg is not None else None
+        if msg is None:
+            return  # a hook swallowed this message (only this one)
         session.send(self._publisher, msg, ident=self.topic)
 
     def _run_hook(self, hook: Hook, msg: dict[str, Any]) -> dict[str, Any] | None:

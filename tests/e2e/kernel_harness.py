@@ -243,13 +243,25 @@ class Kernel:
         self.drain(quiet=quiet)
         return cell
 
-    def run(self, code: str, *, stdin: list[str] | None = None, **kw: Any) -> Cell:
+    def run(
+        self, code: str, *, stdin: list[str] | None = None, check: bool = True, **kw: Any
+    ) -> Cell:
         """Execute ``code`` and return the finished Cell (see :meth:`finish`).
 
         With ``stdin`` the request allows stdin and input requests are answered from it.
+        With ``check`` (the default) a reply status other than ``ok`` fails the test,
+        showing the error and what was printed.
         """
         cell = self.submit(code, allow_stdin=stdin is not None)
-        return self.finish(cell, stdin=stdin, **kw)
+        self.finish(cell, stdin=stdin, **kw)
+        if check and cell.status != "ok":
+            content = cell.reply["content"] if cell.reply else {}
+            tb = "\n".join(content.get("traceback", []))
+            raise AssertionError(
+                f"{self.kind}: cell failed: {content.get('ename')}: {content.get('evalue')}\n"
+                f"{tb}\noutputs: {cell.runs()}"
+            )
+        return cell
 
     # -- lifecycle ----------------------------------------------------------
 

@@ -167,14 +167,15 @@ def test_thread_printing_inside_cell(pair: KernelPair) -> None:
         import sys, threading
         # one write per line: print() writes the text and the newline separately, so
         # concurrent print() calls may interleave mid-line in any implementation
-        ts = [threading.Thread(target=sys.stdout.write, args=(f"thread {i}\n",)) for i in range(4)]
+        ts = [threading.Thread(target=sys.stdout.write, args=(f"thread {i}\\n",)) for i in range(4)]
         for t in ts: t.start()
         for t in ts: t.join()
         """
     )
     ours, stock = pair.run(code)
     expected = sorted(f"thread {i}" for i in range(4))
-    assert sorted(lines_of(ours.stdout)) == sorted(lines_of(stock.stdout)) == expected
+    assert sorted(lines_of(ours.stdout)) == expected, ours.runs()
+    assert sorted(lines_of(stock.stdout)) == expected, stock.runs()
 
 
 def test_thread_printing_after_cell_ended_goes_to_latest_cell(pair: KernelPair) -> None:
@@ -222,7 +223,7 @@ def test_thread_pool_executor(pair: KernelPair) -> None:
         """
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(4) as ex:
-            list(ex.map(lambda i: print(f"item {i}\n", end=""), range(20)))
+            list(ex.map(lambda i: print(f"item {i}\\n", end=""), range(20)))
         print("pool done")
         """
     )
@@ -389,7 +390,7 @@ def test_display_ordering_with_print(pair: KernelPair) -> None:
 
 
 def test_error_traceback_after_output(pair: KernelPair) -> None:
-    ours, stock = pair.run("print('before error')\n1/0")
+    ours, stock = pair.run("print('before error')\n1/0", check=False)
     for cell in (ours, stock):
         assert cell.status == "error"
         kinds = [k for k, _ in cell.runs()]
@@ -562,3 +563,94 @@ def test_cli_help_documents_subcommands() -> None:
     assert proc.returncode == 0
     for word in ("kernel", "install", "demo"):
         assert word in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# integration.install() in a fresh interpreter
+# ---------------------------------------------------------------------------
+
+
+def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that imports the iostream under test."""
+    env = kernel_env()
+    env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    return subprocess.run(
+        [sys.executable, "-Xfrozen_modules=off", "-c", src(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_install_then_inprocess_kernel_and_ipyparallel_use_our_classes() -> None:
+    proc = run_python(
+        """
+        import sys, time
+        from iostream import integration
+        integration.install()
+        integration.install()  # idempotent
+        import iostream, ipykernel, ipykernel.iostream
+        assert integration.installed()
+        assert ipykernel.iostream is iostream and sys.modules["ipykernel.iostream"] is iostream
+        import ipykernel.kernelapp, ipykernel.kernelbase
+        assert ipykernel.kernelapp.IOPubThread is iostream.IOPubThread
+        assert ipykernel.kernelbase.OutStream is iostream.OutStream
+        from traitlets.utils.importstring import import_item
+        assert import_item("ipykernel.iostream.OutStream") is iostream.OutStream
+        from ipykernel.inprocess.manager import InProcessKernelManager
+        km = InProcessKernelManager()
+        km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        kc.execute("import sys; print('inprocess', type(sys.stdout).__module__)")
+        texts = []
+        end = time.monotonic() + 20
+        while time.monotonic() < end and not texts:
+            try:
+                msg = kc.get_iopub_msg(timeout=1)
+            except Exception:
+                continue
+            if msg["msg_type"] == "stream":
+                texts.append(msg["content"]["text"])
+        assert isinstance(km.kernel.stdout, ipykernel.iostream.OutStream)
+        import ipyparallel.engine.app as engine_app
+        assert engine_app.IOPubThread is iostream.IOPubThread
+        sys.__stdout__.write("".join(texts))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("inprocess iostream"), (proc.stdout, proc.stderr[-3000:])
+
+
+def test_install_replaces_unused_real_module_but_refuses_after_escape() -> None:
+    replaced = run_python(
+        """
+        import ipykernel.iostream  # binds only the package name here
+        from iostream import integration
+        integration.install()
+        import ipykernel, iostream
+        from ipykernel.kernelapp import IOPubThread
+        print(IOPubThread is iostream.IOPubThread, ipykernel.iostream is iostream)
+        """
+    )
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert replaced.stdout.split() == ["True", "True"]
+
+    refused = run_python(
+        """
+        import ipykernel.kernelapp
+        from iostream import integration
+        try:
+            integration.install()
+        except RuntimeError as e:
+            print("refused:", e)
+        import sys
+        print("unchanged:", sys.modules["ipykernel.iostream"].__name__, integration.installed())
+        """
+    )
+    assert refused.returncode == 0, refused.stderr[-3000:]
+    assert "refused:" in refused.stdout
+    assert "ipykernel.kernelapp.IOPubThread" in refused.stdout
+    assert "before importing ipykernel" in refused.stdout
+    assert "unchanged: ipykernel.iostream False" in refused.stdout
