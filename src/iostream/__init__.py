@@ -12,6 +12,18 @@ from .outstream import OutStream
 
 __version__ = "0.1.0"
 
+
+def install() -> None:
+    """Make ``ipykernel.iostream`` resolve to this package for later imports.
+
+    See :func:`iostream.integration.install`; imported only when called, so
+    importing :mod:`iostream` never imports ipykernel. Main thread, before
+    ipykernel's kernel machinery is imported.
+    """
+    from .integration import install as install_into_ipykernel
+
+    install_into_ipykernel()
+
 __all__ = [
     "CHILD",
     "MASTER",
@@ -20,4 +32,5 @@ __all__ = [
     "IOPubThread",
     "OutStream",
     "__version__",
+    "install",
 ]

@@ -1,0 +1,45 @@
+"""The package surface: imports without ipykernel, ``iostream.install()``."""
+
+from __future__ import annotations
+
+from support import run_python
+
+BLOCK_IPYKERNEL = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "ipykernel" or name.startswith("ipykernel."):
+            raise ImportError("ipykernel is blocked in this test")
+        return None
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_imports_and_publishes_without_ipykernel() -> None:
+    code = BLOCK_IPYKERNEL + (
+        "import iostream, sys\n"
+        "assert not any(m.startswith('ipykernel') for m in sys.modules)\n"
+        "assert 'iostream.integration' not in sys.modules\n"
+        "sent = []\n"
+        "class S:\n"
+        "    def send(self, *a, **k): sent.append(a[2]['text'])\n"
+        "out = iostream.OutStream('stdout', S(), None)\n"
+        "out.write('hi\\n')\n"
+        "print(sent)\n"
+    )
+    rc, out, err = run_python(code)
+    assert rc == 0, err
+    assert out == "['hi\\n']\n"
+
+
+def test_install_is_exported_and_swaps_ipykernel_iostream() -> None:
+    code = (
+        "import sys, iostream\n"
+        "iostream.install()\n"
+        "import ipykernel.iostream\n"
+        "from ipykernel.kernelapp import IPKernelApp\n"
+        "print(ipykernel.iostream is iostream, sys.modules['ipykernel.iostream'] is iostream)\n"
+    )
+    rc, out, err = run_python(code)
+    assert rc == 0, err
+    assert out == "True True\n"
