@@ -213,6 +213,29 @@ def test_decide_never_postpones_past_the_due_time(
     assert now + wait <= max(now, policy.due(armed_at, interval)) + 1e-9
 
 
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.text(max_size=5)), max_size=60),
+    st.integers(0, 60),
+)
+def test_extend_is_the_same_as_appending_each(
+    ops: list[tuple[int, int, str]], split_at: int
+) -> None:
+    """``extend`` (how queued writes are moved into the buffer) must give the same
+    chunks as appending the writes one by one, wherever the batches are cut."""
+    parents = [{"msg_id": "a"}, {"msg_id": "b"}, {}]
+    one, batched = OutputBuffer(), OutputBuffer()
+    writes = [(owner, parents[p], text) for owner, p, text in ops]
+    for write in writes:
+        one.append(*write)
+    batched.extend(writes[:split_at])
+    batched.extend(writes[split_at:])
+    assert batched.pending_chars == one.pending_chars
+    assert [(c.owner, c.parent, c.text) for c in batched.drain()] == [
+        (c.owner, c.parent, c.text) for c in one.drain()
+    ]
+
+
 # -- the whole model, under hypothesis -------------------------------------------------
 
 writes = st.lists(

@@ -117,6 +117,42 @@ def test_many_threads_under_many_parents_every_character_once_in_order(
         assert text == "".join(f"{n}:{i}\n" for i in range(lines))
 
 
+def test_a_write_racing_a_flush_is_not_stranded(kernel: Kernelish) -> None:
+    """The write fast path checks that a flush is on its way, then appends without
+    a lock. If the IO thread takes the queue in between, the write must arm a
+    flush itself: otherwise its text waits for some later write that may never
+    come. The race is forced at the one point where the fast path calls out
+    (reading the parent), with the real IO thread doing the take."""
+    out = kernel.stream("stdout")
+    if not hasattr(out, "_group"):
+        pytest.skip("no lock-free fast path in this implementation")
+    out.write("a")
+    out.flush()  # a flush just happened: the next one is due a flush_interval later
+    out.flush_interval = 30.0
+    out.write("b")  # arms a flush 30 s away: the fast path is licensed now
+    kernel.thread.flush(5)
+    assert out._group.hot
+    real = out._parent_header
+
+    class FlushWhileReadingParent:
+        """Stands in for the ContextVar; runs a flush on the IO thread once."""
+
+        fired = False
+
+        def get(self, default: Any) -> Any:
+            if not self.fired:
+                self.fired = True
+                kernel.thread.schedule(out._flush)
+                assert kernel.thread.flush(5)
+            return real.get(default)
+
+    out._parent_header = FlushWhileReadingParent()  # type: ignore[assignment]
+    out.flush_interval = 0.2
+    out.write("c")  # the last write: nothing comes after it
+    out._parent_header = real
+    kernel.receiver.wait_for(lambda _m: kernel.receiver.text() == "abc", timeout=5)
+
+
 def test_flood_is_split_and_memory_stays_bounded(tmp_path: Path) -> None:
     run = run_scenario(
         """

@@ -24,6 +24,7 @@ def install() -> None:
 
     install_into_ipykernel()
 
+
 __all__ = [
     "CHILD",
     "MASTER",

@@ -20,7 +20,7 @@ The model:
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,30 @@ class OutputBuffer:
         self._tail = run
         run.parts.append(text)
         self.pending_chars += len(text)
+
+    def extend(self, writes: Iterable[tuple[int, Parent, str]]) -> None:
+        """Add each ``(owner, parent, text)`` of ``writes`` in order, as :meth:`append`.
+
+        The common case, a series of writes by one owner under one parent,
+        costs one list append each.
+        """
+        tail = self._tail
+        parts: list[str] | None = tail.parts if tail is not None else None
+        added = 0
+        for owner, parent, text in writes:
+            if (
+                parts is not None
+                and tail is not None
+                and tail.parent is parent
+                and tail.owner == owner
+            ):
+                parts.append(text)
+                added += len(text)
+                continue
+            self.append(owner, parent, text)
+            tail = self._tail
+            parts = tail.parts if tail is not None else None
+        self.pending_chars += added
 
     def pending_for(self, owner: int) -> bool:
         """Whether ``owner`` has text waiting."""

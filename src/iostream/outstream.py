@@ -23,6 +23,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -54,10 +55,19 @@ _STD_FDS = {"stdout": 1, "stderr": 2}
 class _StreamGroup:
     """The shared buffer of the streams that publish through one thread or session.
 
-    ``lock`` guards ``buffer``, ``policy`` and the ``armed``/``armed_at``/
-    ``last_write`` times (any thread); ``timer`` is IO-thread-only;
-    ``publisher_ident`` names the thread that is publishing, so output it
-    produces meanwhile goes to the original stream instead of looping.
+    Writes from any thread append ``(owner, parent, text)`` to ``incoming``, a
+    deque (atomic under the GIL, no lock: the write fast path). ``lock`` guards
+    ``buffer`` (the sans-IO :class:`~iostream.core.OutputBuffer` that ``incoming``
+    is moved into when text is taken), ``policy`` and the arming state. ``timer``
+    is IO-thread-only; ``publisher_ident`` names the thread that is publishing, so
+    output it produces meanwhile goes to the original stream instead of looping.
+
+    ``hot`` is the fast path's licence: a flush is promised *and* its timer is
+    known to be scheduled on a running IO thread. It is set once ``schedule`` has
+    returned (an interrupt before that leaves it unset, and the slow path re-arms)
+    and cleared by :meth:`take` *before* it empties ``incoming``. So a writer that
+    appends and then still sees ``hot`` knows a later take will find its text;
+    one that sees it cleared arms a flush itself.
     """
 
     def __init__(self) -> None:
@@ -70,10 +80,17 @@ class _StreamGroup:
         self.lock = threading.Lock()
         self.publish_lock = threading.RLock()
         self.buffer = OutputBuffer()
+        self.incoming: deque[tuple[int, Parent, str]] = deque()
+        # Characters in ``incoming``: a bound, not a count (unlocked ``+=`` from
+        # several threads may lose updates; every full take resets it).
+        self.incoming_chars = 0
         self.policy = FlushPolicy()
         self.armed = False  # a flush is promised for the pending text
         self.armed_at = 0.0
-        self.last_write = 0.0
+        self.arm_count = 0  # which arming ``hot`` may be set for
+        self.hot = False
+        self.last_write = 0.0  # when the timer last saw the pending text grow
+        self.seen_pending = -1
         self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
         self.timer: object | None = None
         self.publisher_ident: int | None = None
@@ -86,9 +103,11 @@ class _StreamGroup:
     def take(self, now: float, owner: int | None = None) -> list[Chunk]:
         """Remove the pending text (of ``owner`` only, if given). Any thread."""
         with self.lock:
-            chunks = self.buffer.drain(owner)
             if owner is None:
-                self.armed = False
+                self.armed = self.hot = False  # before emptying incoming (see class)
+                self.seen_pending = -1
+            self._absorb_incoming()
+            chunks = self.buffer.drain(owner)
             if chunks:
                 self.policy.flushed(now)
         return chunks
@@ -98,13 +117,44 @@ class _StreamGroup:
         with self.lock:
             if not self.armed:
                 return None
-            return self.policy.decide(
-                time.monotonic(),
-                self.armed_at,
-                self.last_write,
-                self.buffer.pending_chars,
-                interval,
-            )
+            now, pending = time.monotonic(), self.backlog()
+            # Writes do not read the clock (the fast path); growth seen here
+            # stands in for the time of the latest write.
+            if pending != self.seen_pending:
+                self.seen_pending, self.last_write = pending, now
+            return self.policy.decide(now, self.armed_at, self.last_write, pending, interval)
+
+    def arm(self, now: float, stale_after: float) -> int:
+        """Promise a flush unless one is; return the arming's number, 0 if none. Lock held."""
+        # Re-arm too if a flush was promised long ago but never came (an
+        # interrupt between arming and scheduling the timer).
+        if self.armed and now - self.armed_at <= stale_after:
+            return 0
+        self.armed, self.armed_at, self.hot = True, now, False
+        self.arm_count += 1
+        return self.arm_count
+
+    def add(self, owner: int, parent: Parent, text: str) -> None:
+        """Queue ``text`` in write order. Any thread, no lock (see the class)."""
+        self.incoming.append((owner, parent, text))
+        self.incoming_chars += len(text)
+
+    def backlog(self) -> int:
+        """About how many characters wait to be published. Any thread."""
+        return self.buffer.pending_chars + self.incoming_chars
+
+    def _absorb_incoming(self) -> None:
+        """Move ``incoming`` into ``buffer``, keeping write order. Lock held."""
+        incoming = self.incoming
+        pop = incoming.popleft  # never a swap: a writer may hold the deque
+        self.buffer.extend([pop() for _ in range(len(incoming))])
+        self.incoming_chars = 0
+
+    def mark_hot(self, ticket: int) -> None:
+        """The timer of arming ``ticket`` is scheduled: license the fast path. Any thread."""
+        with self.lock:
+            if self.armed and self.arm_count == ticket and not self.forked:
+                self.hot = True
 
     def pack_parent(self, parent: Parent) -> bytes:
         """``parent`` as JSON, cached for the latest parent. Publishing thread."""
@@ -326,7 +376,19 @@ class OutStream(io.TextIOBase):
             raise ValueError("I/O operation on closed file")
         if self.echo is not None:
             self._echo_write(string)
-        publisher = self._group.publisher_ident
+        group = self._group
+        if group.hot and group.publisher_ident is None:
+            # The fast path (group.add inlined): a flush is already on its way.
+            group.incoming.append(
+                (self._owner, self._parent_header.get(self._parent_header_global), string)
+            )
+            group.incoming_chars += len(string)
+            if not group.hot:  # taken meanwhile: maybe not with our text
+                self._promise_flush(string)
+            elif group.incoming_chars > self.max_buffer_chars:
+                self.flush()  # bounds memory: the writer waits for the IO thread
+            return len(string)
+        publisher = group.publisher_ident
         if publisher is not None and publisher == threading.get_ident():
             self._write_to_original(string)
         else:
@@ -383,24 +445,18 @@ class OutStream(io.TextIOBase):
 
     def _buffer_text(self, text: str) -> None:
         """Add text under the current parent and make sure a flush will come."""
-        parent = self._parent_header.get(None)
-        if parent is None:
-            parent = self._parent_header_global
-        self._buffer_under(parent, text)
+        self._buffer_under(self._parent_header.get(self._parent_header_global), text)
 
     def _buffer_under(self, parent: Parent, text: str) -> None:
         """Add text under ``parent`` and make sure a flush will come. Any thread."""
+        self._group.add(self._owner, parent, text)
+        self._promise_flush(text)
+
+    def _promise_flush(self, text: str) -> None:
+        """Make sure a flush will come for ``text``, just queued. Any thread."""
         group = self._group
-        now = _monotonic()
         with group.lock:
-            group.buffer.append(self._owner, parent, text)
-            group.last_write = now
-            # Re-arm too if a flush was promised long ago but never came (an
-            # interrupt between arming and scheduling the timer).
-            arm = not group.armed or now - group.armed_at > self.flush_interval + 1.0
-            if arm:
-                group.armed, group.armed_at = True, now
-            backlog = group.buffer.pending_chars
+            ticket = group.arm(_monotonic(), self.flush_interval + 1.0)
         if self._publisher is None:
             if "\n" in text:
                 self._publish_complete_lines()
@@ -408,22 +464,25 @@ class OutStream(io.TextIOBase):
             # A forked child hands each line to the parent at once, which batches
             # it: pools kill their workers without a flush.
             self._flush()
-        elif arm:
+        elif ticket:
             self._flush_pending = True
-            self._arm_flush()
-        elif backlog > self.max_buffer_chars:
+            if self._arm_flush():
+                group.mark_hot(ticket)
+        elif group.backlog() > self.max_buffer_chars:
             self.flush()
 
     def _in_piping_child(self) -> bool:
         """Whether this is a forked child whose thread pipes output to the parent."""
         return self._group.forked and bool(getattr(self._publisher, "pipes_to_parent", False))
 
-    def _arm_flush(self) -> None:
+    def _arm_flush(self) -> bool:
+        """Have the IO thread's timer flush; True if it will (else flushed here)."""
         thread = self._publisher
         if _thread_running(thread):
             thread.schedule(self._io_on_timer)
-        else:
-            self._run_on(thread, self._flush)
+            return True
+        self._run_on(thread, self._flush)
+        return False
 
     def _io_on_timer(self) -> None:
         """Flush if due, else check again when it may be. IO thread only."""
@@ -471,7 +530,9 @@ class OutStream(io.TextIOBase):
             chunks.append(Chunk(last.owner, last.parent, lines))
             if rest:
                 with group.lock:
-                    group.buffer.append(self._owner, last.parent, rest)
+                    # Ahead of anything queued meanwhile: it was written first.
+                    group.incoming.appendleft((self._owner, last.parent, rest))
+                    group.incoming_chars += len(rest)
                     group.armed = True
         self._publish([chunk for chunk in chunks if chunk.text])
 
