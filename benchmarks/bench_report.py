@@ -200,6 +200,11 @@ def write_markdown(
         "ratio = ours / ipykernel (lower is better).\n"
     )
     out.append(
+        "The chart shows each ratio (log scale, green where the target is met); "
+        "the profiling findings are in [performance.md](performance.md).\n"
+    )
+    out.append("![ratios ours / ipykernel](benchmarks.png)\n")
+    out.append(
         "| # | Workload | Metric | ipykernel (median) | ours (median) | ratio | target | met? |"
     )
     out.append("|---|---|---|---|---|---|---|---|")
