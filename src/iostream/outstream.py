@@ -47,6 +47,7 @@ from .iothread import IOPubThread
 
 logger = logging.getLogger("iostream")
 _monotonic = time.monotonic
+_get_ident = threading.get_ident
 
 Hook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 _STD_FDS = {"stdout": 1, "stderr": 2}
@@ -377,19 +378,22 @@ class OutStream(io.TextIOBase):
         if self.echo is not None:
             self._echo_write(string)
         group = self._group
-        if group.hot and group.publisher_ident is None:
+        publisher = group.publisher_ident
+        if group.hot and (publisher is None or publisher != _get_ident()):
             # The fast path (group.add inlined): a flush is already on its way.
+            size = len(string)
             group.incoming.append(
                 (self._owner, self._parent_header.get(self._parent_header_global), string)
             )
-            group.incoming_chars += len(string)
+            group.incoming_chars += size
+            if group.hot and group.incoming_chars <= self.max_buffer_chars:
+                return size
             if not group.hot:  # taken meanwhile: maybe not with our text
                 self._promise_flush(string)
-            elif group.incoming_chars > self.max_buffer_chars:
+            else:
                 self.flush()  # bounds memory: the writer waits for the IO thread
-            return len(string)
-        publisher = group.publisher_ident
-        if publisher is not None and publisher == threading.get_ident():
+            return size
+        if publisher is not None and publisher == _get_ident():
             self._write_to_original(string)
         else:
             self._buffer_text(string)
