@@ -34,6 +34,9 @@ KINDS = {"iostream": OURS_ARGV, "ipykernel": STOCK_ARGV}
 
 STARTUP_TIMEOUT = 60.0
 CELL_TIMEOUT = 60.0
+#: Kernel starts tried when (and only when) the kernel died because a port was taken.
+START_ATTEMPTS = 3
+PORT_IN_USE = "Address already in use"
 
 
 def kernel_env() -> dict[str, str]:
@@ -133,17 +136,31 @@ class Kernel:
     def __init__(self, kind: str, kernels_dir: Path, log_dir: Path) -> None:
         self.kind = kind
         write_spec(kernels_dir, kind, KINDS[kind])
+        self.buckets: dict[str, list[Msg]] = {}
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self._start(kernels_dir, log_dir)
+            try:
+                self.wait_ready()
+                return
+            except RuntimeError:
+                # jupyter_client picks the kernel's TCP ports in this process and the
+                # kernel binds them later; anything on the machine may take one in
+                # between (jupyter_client#487). Only that is retried, with new ports.
+                port_race = PORT_IN_USE in self.log()
+                self.shutdown()
+                if not port_race or attempt == START_ATTEMPTS:
+                    raise
+
+    def _start(self, kernels_dir: Path, log_dir: Path) -> None:
         self.km = KernelManager(
-            kernel_name=kind,
+            kernel_name=self.kind,
             kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels_dir)]),
         )
-        self.log_path = log_dir / f"{kind}-{time.monotonic_ns()}.log"
+        self.log_path = log_dir / f"{self.kind}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in shutdown()
         self.km.start_kernel(env=kernel_env(), stdout=self._log, stderr=subprocess.STDOUT)
         self.kc: BlockingKernelClient = self.km.client()
         self.kc.start_channels()
-        self.buckets: dict[str, list[Msg]] = {}
-        self.wait_ready()
 
     # -- plumbing ---------------------------------------------------------
 

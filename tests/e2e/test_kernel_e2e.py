@@ -583,7 +583,7 @@ def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess[st
     )
 
 
-def test_install_then_inprocess_kernel_and_ipyparallel_use_our_classes() -> None:
+def test_install_then_inprocess_kernel_uses_our_classes() -> None:
     proc = run_python(
         """
         import sys, time
@@ -614,13 +614,30 @@ def test_install_then_inprocess_kernel_and_ipyparallel_use_our_classes() -> None
             if msg["msg_type"] == "stream":
                 texts.append(msg["content"]["text"])
         assert isinstance(km.kernel.stdout, ipykernel.iostream.OutStream)
-        import ipyparallel.engine.app as engine_app
-        assert engine_app.IOPubThread is iostream.IOPubThread
         sys.__stdout__.write("".join(texts))
         """
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("inprocess iostream"), (proc.stdout, proc.stderr[-3000:])
+
+
+def test_install_then_ipyparallel_engine_uses_our_classes() -> None:
+    pytest.importorskip("ipyparallel", reason="ipyparallel is not installed (test extra)")
+    proc = run_python(
+        """
+        from iostream import integration
+        integration.install()
+        import iostream
+        import ipyparallel.engine.app as engine_app
+        from traitlets.utils.importstring import import_item
+        assert engine_app.IOPubThread is iostream.IOPubThread
+        factory = engine_app.IPEngine.class_traits()["out_stream_factory"].default_value
+        assert import_item(factory) is iostream.OutStream, factory
+        print("ok")
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == "ok\n", (proc.stdout, proc.stderr[-3000:])
 
 
 def test_install_replaces_unused_real_module_but_refuses_after_escape() -> None:
