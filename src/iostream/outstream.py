@@ -25,6 +25,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat, starmap
 from typing import Any
 
 from jupyter_client.jsonutil import json_default
@@ -147,8 +148,8 @@ class _StreamGroup:
     def _absorb_incoming(self) -> None:
         """Move ``incoming`` into ``buffer``, keeping write order. Lock held."""
         incoming = self.incoming
-        pop = incoming.popleft  # never a swap: a writer may hold the deque
-        self.buffer.extend([pop() for _ in range(len(incoming))])
+        # popleft, never a swap: a writer may be about to append to this deque.
+        self.buffer.extend(list(starmap(incoming.popleft, repeat((), len(incoming)))))
         self.incoming_chars = 0
 
     def mark_hot(self, ticket: int) -> None:
