@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import struct
 import sys
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def test_messages_with_a_wrong_key_are_logged_never_published(
         kernel.session.msg("stream", {"name": "stdout", "text": "evil"})
     )
     with caplog.at_level(logging.WARNING, logger="iostream"):
-        intruder.send_multipart([b"0" * 16, b"1", *frames])
+        intruder.send_multipart([b"0" * 16, b"m", *frames])
         kernel.receiver.poll(0.5)
         kernel.thread.flush(5)
     assert kernel.receiver.streams() == []
@@ -226,24 +227,68 @@ def test_child_text_keeps_parent_with_dates_and_replaces_lone_surrogates(
 def test_malformed_child_records_are_logged_and_output_continues(
     kernel: Kernelish, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A record with the right key but a broken payload is logged, acknowledged
-    and dropped; the IO thread keeps publishing."""
+    """Records with the right key but a broken payload are logged and dropped; the
+    IO thread keeps handling the pipe (a later sync is answered) and publishing."""
     server = kernel.thread._pipe_server
     sender = kernel.context.socket(zmq.DEALER)
     sender.linger = 0
     sender.connect(server.endpoint)
     stream = kernel.stream()
     with caplog.at_level(logging.WARNING, logger="iostream"):
-        sender.send_multipart([server.key, b"1", b"t", b"not-a-number", b"stdout", b"{", b"x"])
-        sender.send_multipart([server.key, b"2", b"?", b"unknown kind"])
-        assert sender.poll(5000), "the parent never acknowledged"
-        acks = [sender.recv_multipart()[0]]
-        assert sender.poll(5000), "the parent never acknowledged"
-        acks.append(sender.recv_multipart()[0])
+        sender.send(server.key + b"t" + b"truncated")
+        sender.send(server.key + b"t" + struct.pack("!QHI", 1, 6, 1) + b"stdout{x")  # bad JSON
+        sender.send(server.key + b"?unknown kind")
+        sender.send(server.key + b"s7")  # answered after the ones above
+        assert sender.poll(5000), "the parent never answered the sync"
+        answer = sender.recv_multipart()
     sender.close()
-    assert acks == [b"1", b"2"]
+    assert answer == [b"7"]
     assert any("child" in r.getMessage() for r in caplog.records)
     stream.write("still alive\n")
     stream.flush()
     kernel.receiver.wait_for_text("still alive\n")
     assert kernel.receiver.text() == "still alive\n"
+
+
+def test_concurrent_children_never_interleave_within_a_line(tmp_path: Path) -> None:
+    """Children writing lines in pieces at the same time: each line arrives whole
+    (a child is line-buffered), none is lost or duplicated, each child's lines in
+    order. ipykernel sends every piece as it comes, so pieces of different
+    children's lines interleave."""
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.set_parent({"header": {"msg_id": "cell"}})
+        pids = []
+        for n in range(3):
+            pid = os.fork()
+            if pid == 0:
+                for i in range(400):
+                    out.write(f"child{n}")
+                    out.write(f" line {i}")
+                    out.write("\\n")
+                out.flush()
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        total = sum(len(f"child{n} line {i}\\n") for n in range(3) for i in range(400))
+        ok = k.wait_for(lambda: len(k.text()) >= total)
+        lines = k.text().splitlines()
+        report({
+            "ok": ok,
+            "count": len(lines),
+            "whole": all(l.startswith("child") and " line " in l for l in lines),
+            "ordered": all(
+                [l for l in lines if l.startswith(f"child{n} ")]
+                == [f"child{n} line {i}" for i in range(400)]
+                for n in range(3)
+            ),
+        })
+        """,
+        tmp_path,
+    )
+    assert run.result == {"ok": True, "count": 1200, "whole": True, "ordered": True}

@@ -454,8 +454,19 @@ class OutStream(io.TextIOBase):
 
     def _buffer_under(self, parent: Parent, text: str) -> None:
         """Add text under ``parent`` and make sure a flush will come. Any thread."""
-        self._group.add(self._owner, parent, text)
-        self._promise_flush(text)
+        group = self._group
+        group.add(self._owner, parent, text)
+        if group.forked and self._publisher is not None:
+            # A forked child is line-buffered, as a terminal is: complete lines go
+            # to the parent at once (which batches them; pools kill their workers
+            # without a flush), a partial line at the next newline, flush() or
+            # exit. Whole lines keep children writing at once from interleaving.
+            if "\n" in text:
+                self._publish_complete_lines()
+            elif group.backlog() > self.max_message_chars:
+                self._flush()
+        else:
+            self._promise_flush(text)
 
     def _promise_flush(self, text: str) -> None:
         """Make sure a flush will come for ``text``, just queued. Any thread."""
@@ -465,10 +476,6 @@ class OutStream(io.TextIOBase):
         if self._publisher is None:
             if "\n" in text:
                 self._publish_complete_lines()
-        elif "\n" in text and group.forked:
-            # A forked child hands each line to the parent at once, which batches
-            # it: pools kill their workers without a flush.
-            self._flush()
         elif ticket:
             self._flush_pending = True
             if self._arm_flush():
@@ -526,20 +533,22 @@ class OutStream(io.TextIOBase):
             self._publish(group.take(time.monotonic()))
 
     def _publish_complete_lines(self) -> None:
-        """Without a thread: publish up to the last newline, keep the rest."""
+        """Publish up to the last newline, keep the rest. Writing thread (without
+        an IO thread, or in a forked child)."""
         group = self._group
-        chunks = group.take(time.monotonic())
-        if chunks and chunks[-1].owner == self._owner:
-            last = chunks.pop()
-            lines, rest = complete_lines(last.text)
-            chunks.append(Chunk(last.owner, last.parent, lines))
-            if rest:
-                with group.lock:
-                    # Ahead of anything queued meanwhile: it was written first.
-                    group.incoming.appendleft((self._owner, last.parent, rest))
-                    group.incoming_chars += len(rest)
-                    group.armed = True
-        self._publish([chunk for chunk in chunks if chunk.text])
+        with group.publish_lock:  # another writing thread must not publish between
+            chunks = group.take(time.monotonic())
+            if chunks and chunks[-1].owner == self._owner:
+                last = chunks.pop()
+                lines, rest = complete_lines(last.text)
+                chunks.append(Chunk(last.owner, last.parent, lines))
+                if rest:
+                    with group.lock:
+                        # Ahead of anything queued meanwhile: it was written first.
+                        group.incoming.appendleft((self._owner, last.parent, rest))
+                        group.incoming_chars += len(rest)
+                        group.armed = True
+            self._publish([chunk for chunk in chunks if chunk.text])
 
     def _flush_buffers(self) -> Iterator[tuple[dict[str, Any], str]]:
         """Remove and yield this stream's pending ``(parent, text)`` pairs."""

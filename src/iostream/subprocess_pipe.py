@@ -2,20 +2,26 @@
 
 The parent binds a ROUTER socket; on Unix the endpoint is ``ipc://`` inside a
 private (0700) directory, so nothing on the network can reach it; on Windows it is
-loopback TCP. Every message carries a random 16-byte key that the parent compares
-in constant time. A child sends ``[key, seq, kind, *payload]`` over one DEALER
-connection without waiting; ``flush()`` then waits (bounded) until the parent has
-acknowledged every ``seq``, so a child that calls ``flush()`` and then ``os._exit()``
-loses nothing.
+loopback TCP. Every message starts with a frame ``key + kind [+ body]``: a random
+16-byte key that the parent compares in constant time, then one byte saying what
+follows. A child sends over one DEALER connection and never waits for the
+parent, except in :meth:`PipeClient.wait_delivered` (what ``flush()`` calls): it
+sends a ``SYNC`` with a sequence number, which the parent answers once it has
+handled everything before it (one connection keeps order), so a child that calls
+``flush()`` and then ``os._exit()`` loses nothing.
 
-Two kinds of payload travel:
+Kinds:
 
-* ``MESSAGE``: a serialized Jupyter message, forwarded to the IOPub socket as is;
-* ``TEXT``: ``[owner, name, parent_json, text]``, stream text a child wrote to a
-  stream it inherited from the parent. The parent merges it into its own output
-  buffer, so a child's lines are batched into few messages on the parent side
-  while the child hands each line over at once (a ``multiprocessing.Pool`` kills
-  its workers without a flush: what they printed must have left already).
+* ``MESSAGE``: the following frames are a serialized Jupyter message, forwarded
+  to the IOPub socket as is;
+* ``TEXT``: the body is ``owner, len(name), len(parent)`` (``!QHI``), the stream
+  name, the parent header as JSON and the text (UTF-8): stream text a child wrote
+  to a stream it inherited from the parent. The parent merges it into its own
+  output buffer, so a child's writes are batched into few messages on the parent
+  side while the child hands each one over at once, in one frame (a
+  ``multiprocessing.Pool`` kills its workers without a flush: what they printed
+  must have left already);
+* ``SYNC``: the body is a sequence number, sent back as the answer.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import threading
@@ -38,9 +45,12 @@ logger = logging.getLogger("iostream")
 
 Frames = Sequence[bytes]
 
-#: Payload kinds (the third frame).
+#: What follows the key (one byte).
 MESSAGE = b"m"
 TEXT = b"t"
+SYNC = b"s"
+KEY_SIZE = 16
+_TEXT_HEAD = struct.Struct("!QHI")
 
 #: Called on the IO thread with ``(owner, name, parent, text)`` of a TEXT record.
 TextHandler = Callable[[int, str, dict[str, Any], str], None]
@@ -68,33 +78,27 @@ class PipeServer:
         forward: Callable[[list[bytes]], None],
         on_text: TextHandler | None,
     ) -> None:
-        """Check one received message and dispatch its payload. IO thread only.
+        """Check one received message and dispatch it. IO thread only.
 
         Messages without the right key, or malformed, are logged and dropped,
-        never forwarded. Every accepted message is acknowledged, even if
-        dispatching it failed, so the child never waits in vain.
+        never forwarded. A failure handling one message never stops the next.
         """
-        if len(frames) < 4 or not hmac.compare_digest(frames[1], self.key):
+        head = frames[1] if len(frames) > 1 else b""
+        if len(head) <= KEY_SIZE or not hmac.compare_digest(head[:KEY_SIZE], self.key):
             logger.warning("iostream: rejected a message on the subprocess pipe")
             return
-        identity, seq, kind, payload = frames[0], frames[2], frames[3], frames[4:]
+        kind, body = head[KEY_SIZE : KEY_SIZE + 1], head[KEY_SIZE + 1 :]
         try:
-            if kind == MESSAGE:
-                forward(payload)
-            elif kind == TEXT and on_text is not None and len(payload) == 4:
-                owner, name, parent, text = payload
-                on_text(
-                    int(owner),
-                    name.decode("utf-8", "replace"),
-                    json.loads(parent),
-                    text.decode("utf-8", "replace"),
-                )
+            if kind == SYNC:
+                self.socket.send_multipart([frames[0], body], zmq.NOBLOCK)
+            elif kind == MESSAGE:
+                forward(frames[2:])
+            elif kind == TEXT and on_text is not None:
+                on_text(*_unpack_text(body))
             else:
                 logger.warning("iostream: dropped a malformed message from a child")
         except Exception:
             logger.exception("iostream: handling a message from a child failed")
-        finally:
-            self.socket.send_multipart([identity, seq], zmq.NOBLOCK)
 
     def close(self) -> None:
         """Close the socket and remove the private directory. Idempotent."""
@@ -107,7 +111,9 @@ class PipeServer:
 class PipeClient:
     """Child side: one connection per child process. Any thread (a lock serialises)."""
 
-    def __init__(self, endpoint: str, key: bytes, ack_timeout: float = 10.0) -> None:
+    def __init__(
+        self, endpoint: str, key: bytes, ack_timeout: float = 10.0, connect_timeout: float = 5.0
+    ) -> None:
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = int(ack_timeout * 1000)
@@ -115,43 +121,55 @@ class PipeClient:
         self.socket.connect(endpoint)
         self._key = key
         self._lock = threading.Lock()
-        self._sent = 0
-        self._acked = 0
+        self._syncs = 0
         self.ack_timeout = ack_timeout
+        # zmq connects in the background. Wait (bounded) for the parent's answer,
+        # so that what is sent afterwards leaves at once: a child killed right
+        # after writing (a pool worker) must not lose text still waiting for the
+        # connection.
+        self._unsynced = True  # sent something since the last answered SYNC
+        self.wait_delivered(connect_timeout)
 
     def send(self, frames: Frames) -> None:
         """Queue one serialized message for the parent; returns without waiting."""
-        self._send(MESSAGE, frames)
+        self._send([self._key + MESSAGE, *frames])
 
     def send_text(self, owner: int, name: str, parent: bytes, text: str) -> None:
         """Queue stream text for the parent to merge into its buffer; no waiting.
 
         ``parent`` is the parent header as JSON.
         """
-        payload = [str(owner).encode(), name.encode(), parent, text.encode("utf-8", "replace")]
-        self._send(TEXT, payload)
+        raw_name = name.encode()
+        head = _TEXT_HEAD.pack(owner, len(raw_name), len(parent))
+        body = b"".join((self._key, TEXT, head, raw_name, parent, text.encode("utf-8", "replace")))
+        self._send([body])
 
-    def _send(self, kind: bytes, payload: Frames) -> None:
+    def _send(self, frames: Frames) -> None:
         with self._lock:
-            self._sent += 1
-            seq = str(self._sent).encode()
-            self.socket.send_multipart([self._key, seq, kind, *payload])
+            self.socket.send_multipart(frames)
+            self._unsynced = True
 
     def wait_delivered(self, timeout: float | None = None) -> bool:
-        """Wait until the parent has forwarded everything sent so far.
+        """Wait until the parent has handled everything sent so far.
 
-        Returns False (after logging) if that took longer than ``timeout``
-        (default ``ack_timeout``) seconds.
+        Returns at once if nothing was sent since the last time; False (after
+        logging) if it took longer than ``timeout`` (default ``ack_timeout``) seconds.
         """
         deadline = time.monotonic() + (self.ack_timeout if timeout is None else timeout)
         with self._lock:
-            while self._acked < self._sent:
+            if not self._unsynced:
+                return True
+            self._syncs += 1
+            want = str(self._syncs).encode()
+            self.socket.send(self._key + SYNC + want)
+            while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.socket.poll(int(remaining * 1000) + 1):
                     logger.warning("iostream: the parent did not acknowledge child output")
                     return False
-                self._acked = max(self._acked, int(self.socket.recv_multipart()[0]))
-        return True
+                if self.socket.recv_multipart()[0] == want:  # older answers: skip
+                    self._unsynced = False
+                    return True
 
     def close(self) -> None:
         """Wait (bounded) for delivery, then close the connection. Idempotent."""
@@ -160,3 +178,19 @@ class PipeClient:
         self.wait_delivered()
         self.socket.close(linger=0)
         self.context.term()
+
+
+def _unpack_text(body: bytes) -> tuple[int, str, dict[str, Any], str]:
+    """Split a TEXT body into ``(owner, name, parent, text)``; ValueError if malformed."""
+    try:
+        owner, name_size, parent_size = _TEXT_HEAD.unpack_from(body)
+    except struct.error as error:
+        raise ValueError("truncated text record") from error
+    start = _TEXT_HEAD.size
+    name = body[start : start + name_size].decode("utf-8", "replace")
+    start += name_size
+    parent = json.loads(body[start : start + parent_size])
+    text = body[start + parent_size :].decode("utf-8", "replace")
+    if not isinstance(parent, dict):
+        raise ValueError("the parent of a text record is not an object")
+    return owner, name, parent, text
