@@ -177,3 +177,40 @@ def test_watchfd_is_skipped_under_pytest_and_without_a_thread(tmp_path: Path) ->
         tmp_path,
     )
     assert run.result == {"pytest": None, "seed": None, "real": True}
+
+
+def test_flush_publishes_what_was_written_to_the_fd_before_it(tmp_path: Path) -> None:
+    """A kernel flushes sys.stdout when a cell ends: C-level output written before
+    that must be published by the flush, not by a timer after the cell is idle
+    (ipyparallel stops collecting a request's output once the engine is idle).
+    ipykernel leaves it to the next timer (flush_interval later)."""
+    run = run_scenario(
+        """
+        import os, time
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        out.write("warm\\n")
+        out.flush()            # a flush just happened: the timer waits a whole interval
+        out.flush_interval = 30.0
+        results = []
+        for i in range(20):
+            os.write(1, f"fd line {i}\\n".encode())
+            out.flush()
+            # Once flush() returns the text is on the socket: loopback delivers it
+            # well within a second (the timer would wait 30 s).
+            results.append(k.wait_for(lambda: f"fd line {i}\\n" in k.text(), timeout=1))
+        flushes_without_fd_output = []
+        for _ in range(50):
+            t0 = time.monotonic()
+            out.flush()
+            flushes_without_fd_output.append(time.monotonic() - t0)
+        out.flush_interval = 0.2
+        out.close()
+        report({"arrived": results, "slowest_idle_flush": max(flushes_without_fd_output)})
+        """,
+        tmp_path,
+    )
+    assert run.result["arrived"] == [True] * 20, run.result
+    # Nothing written to the fd: flush must not wait on the reader (bounded, not timed).
+    assert run.result["slowest_idle_flush"] < 5, run.result

@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Callable
 
+from .completion import Completion
 from .core import Utf8Decoder
 
 logger = logging.getLogger("iostream")
@@ -26,12 +27,19 @@ READ_SIZE = 1 << 16
 #: Size the pipe is enlarged to (Linux ``F_SETPIPE_SZ``).
 PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
+#: Requests on the control pipe.
+STOP = b"x"
+SYNC = b"s"
 
 
 class FdCapture:
     """Redirects ``fd`` into a pipe until :meth:`close`.
 
     Create and close from one thread (any); the callback runs on the reader thread.
+    :meth:`sync` may be called from any other thread.
+
+    A control pipe carries requests to the reader: ``STOP`` (drain, then end) and
+    ``SYNC`` (drain what is in the pipe now, then wake the waiters).
     """
 
     def __init__(self, fd: int, on_text: Callable[[str], None]) -> None:
@@ -42,8 +50,11 @@ class FdCapture:
         self._echo_ok = True
         self.original_copy = os.dup(fd)
         self.read_fd, write_fd = os.pipe()
-        self._stop_read, self._stop_write = os.pipe()
-        _enlarge_pipe(write_fd)
+        self._stop_read, self._stop_write = os.pipe()  # the control pipe
+        self._waiters: list[Completion] = []
+        self._waiters_lock = threading.Lock()
+        self._busy = False  # the reader holds bytes it has not delivered yet
+        self._pipe_size = _enlarge_pipe(write_fd)
         os.dup2(write_fd, fd)
         os.close(write_fd)  # fd itself now holds the write end
         self.thread: threading.Thread | None = None
@@ -60,25 +71,74 @@ class FdCapture:
         while True:
             ready, _, _ = select.select([self.read_fd, self._stop_read], [], [])
             if self._stop_read in ready:
-                self._drain_and_finish()
-                return
+                requests = os.read(self._stop_read, 4096)
+                if STOP in requests:
+                    self._drain()
+                    self._deliver(self._decoder.finish())
+                    self._wake_waiters()
+                    return
+                self._answer_syncs()
+                continue
+            self._busy = True
             data = os.read(self.read_fd, READ_SIZE)
             if not data:
                 self._deliver(self._decoder.finish())
+                self._busy = False
                 return
             self._handle(data)
+            self._busy = False
 
-    def _drain_and_finish(self) -> None:
-        os.set_blocking(self.read_fd, False)
-        while True:
-            try:
-                data = os.read(self.read_fd, READ_SIZE)
-            except BlockingIOError:
-                break
+    def sync(self, timeout: float) -> bool:
+        """Wait until what was written to the fd before this call is delivered.
+
+        Returns at once when nothing is waiting in the pipe; False if the reader
+        did not answer within ``timeout`` seconds. Any thread but the reader's.
+        """
+        if self.thread is None or not self.thread.is_alive() or os.getpid() != self._pid:
+            return True
+        if threading.current_thread() is self.thread or not self._has_pending():
+            return True
+        done = Completion()
+        with self._waiters_lock:
+            self._waiters.append(done)
+        os.write(self._stop_write, SYNC)
+        return done.wait(timeout)
+
+    def _has_pending(self) -> bool:
+        """Whether bytes wait in the pipe or in the reader's hands."""
+        if self._busy:
+            return True
+        readable, _, _ = select.select([self.read_fd], [], [], 0)
+        # Busy again: the reader may have taken the bytes between the two looks.
+        return bool(readable) or self._busy
+
+    def _answer_syncs(self) -> None:
+        """Deliver what is in the pipe now, then wake those who asked before."""
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        self._drain()
+        for done in waiters:
+            done.set()
+
+    def _wake_waiters(self) -> None:
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        for done in waiters:
+            done.set()
+
+    def _drain(self) -> None:
+        """Deliver what is in the pipe now, without blocking.
+
+        At most one pipe's worth: whatever was written before the request fits
+        in the pipe, and a writer that never stops must not keep us here.
+        """
+        budget = self._pipe_size
+        while budget > 0 and select.select([self.read_fd], [], [], 0)[0]:
+            data = os.read(self.read_fd, min(READ_SIZE, budget))
             if not data:
                 break
+            budget -= len(data)
             self._handle(data)
-        self._deliver(self._decoder.finish())
 
     def _handle(self, data: bytes) -> None:
         self._deliver(self._decoder.decode(data))
@@ -113,7 +173,7 @@ class FdCapture:
         os.dup2(self.original_copy, self.fd)
         if os.getpid() != self._pid:
             return
-        os.write(self._stop_write, b"x")
+        os.write(self._stop_write, STOP)
         if self.thread is not None:
             self.thread.join(timeout)
         if self.thread is not None and self.thread.is_alive():
@@ -124,12 +184,13 @@ class FdCapture:
                 os.close(fd)
 
 
-def _enlarge_pipe(fd: int) -> None:
+def _enlarge_pipe(fd: int) -> int:
+    """Enlarge the pipe where Linux allows; return its size in bytes."""
     if not sys.platform.startswith("linux"):
-        return
+        return PIPE_SIZE
     import fcntl
 
     for size in (PIPE_SIZE, PIPE_SIZE // 4):
         with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
-            return
+            return int(fcntl.fcntl(fd, _F_SETPIPE_SZ, size))
+    return PIPE_SIZE

@@ -410,11 +410,18 @@ class OutStream(io.TextIOBase):
     def flush(self) -> None:
         """Publish what is buffered; return once it is handed to the socket. Any thread.
 
-        Waits at most ``flush_timeout`` seconds for the IO thread.
+        While capturing the fd, what was written to it before this call (C code,
+        subprocesses) is published too. Waits at most ``flush_timeout`` seconds
+        for the fd reader and the IO thread.
         """
         if self._closed:
             return
         thread = self._publisher
+        capture = self._capture
+        if capture is not None and not _on_thread_of(thread):
+            # (On the IO thread, waiting for the reader could wait for ourselves:
+            # the reader may be blocked handing text to this thread.)
+            capture.sync(self.flush_timeout)
         if self._in_piping_child():
             self._flush()  # hands the text over on this thread, then waits for the ack
             if not thread.wait_delivered(self.flush_timeout):
