@@ -101,6 +101,19 @@ def make_receiver(context: zmq.Context[zmq.Socket[bytes]], port: int) -> Receive
     return Receiver(sub, Session(key=KEY))
 
 
+def push_pull_pair(
+    context: zmq.Context[zmq.Socket[bytes]],
+) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+    """A PUSH socket bound on loopback and a PULL socket connected to it."""
+    push = context.socket(zmq.PUSH)
+    push.linger = 0
+    port = push.bind_to_random_port("tcp://127.0.0.1")
+    pull = context.socket(zmq.PULL)
+    pull.linger = 0
+    pull.connect(f"tcp://127.0.0.1:{port}")
+    return push, pull
+
+
 def wait_until_subscribed(kernel: Kernelish) -> None:
     """Probe until the SUB socket receives (the slow-joiner problem)."""
     deadline = time.monotonic() + 10

@@ -17,7 +17,7 @@ from jupyter_client.session import Session
 from tornado.ioloop import IOLoop
 
 import iostream
-from support import KEY, Kernelish, make_receiver
+from support import KEY, Kernelish, make_receiver, push_pull_pair
 
 
 def test_module_constants(impl: ModuleType) -> None:
@@ -178,12 +178,7 @@ def test_session_send_through_the_thread(kernel: Kernelish) -> None:
 
 def test_push_socket_and_dummy_socket(impl: ModuleType) -> None:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.linger = 0
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    pull = context.socket(zmq.PULL)
-    pull.linger = 0
-    pull.connect(f"tcp://127.0.0.1:{port}")
+    push, pull = push_pull_pair(context)
     thread = impl.IOPubThread(push, session=Session(key=KEY))
     thread.start()
     thread.send_multipart([b"a", b"b"])
@@ -268,12 +263,7 @@ def test_background_socket_forwards(kernel: Kernelish) -> None:
 
 def test_background_socket_send_single_frame(impl: ModuleType) -> None:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.linger = 0
-    port = push.bind_to_random_port("tcp://127.0.0.1")
-    pull = context.socket(zmq.PULL)
-    pull.linger = 0
-    pull.connect(f"tcp://127.0.0.1:{port}")
+    push, pull = push_pull_pair(context)
     thread = impl.IOPubThread(push)
     thread.start()
     thread.background_socket.send(b"single")
