@@ -292,6 +292,43 @@ def test_echo_receives_every_write(kernel: Kernelish) -> None:
     kernel.receiver.wait_for_text("echoed\n")
 
 
+def test_echo_assigned_later_receives_the_writes_after_it(kernel: Kernelish) -> None:
+    """Consumers set ``stream.echo`` after construction, while writes are on the
+    fast path: from then on every write is copied, and none before it."""
+    stream = kernel.stream()
+    stream.write("before ")
+    stream.write("echo ")  # a flush is on its way: the fast path is taken
+    echo = io.StringIO()
+    stream.echo = echo
+    stream.write("after\n")
+    stream.echo = None
+    stream.write("not echoed\n")
+    stream.flush()
+    assert echo.getvalue() == "after\n"
+    kernel.receiver.wait_for_text("before echo after\nnot echoed\n")
+    assert kernel.receiver.text() == "before echo after\nnot echoed\n"
+
+
+def test_subclass_write_override_and_unbound_write(kernel: Kernelish) -> None:
+    """A subclass's own write() is used (it may call the base class's), and the
+    class method works unbound, as code written for ipykernel does."""
+    seen: list[str] = []
+
+    class Tagged(kernel.module.OutStream):  # type: ignore[name-defined,misc]
+        def write(self, string: str) -> int:
+            seen.append(string)
+            return super().write(string.upper())
+
+    stream = Tagged(kernel.session, kernel.thread, "stdout", watchfd=False)
+    kernel.streams.append(stream)
+    print("shout", file=stream)
+    kernel.module.OutStream.write(stream, "plain\n")
+    stream.flush()
+    kernel.receiver.wait_for_text("SHOUT\nplain\n")
+    assert seen == ["shout", "\n"]
+    assert kernel.receiver.text() == "SHOUT\nplain\n"
+
+
 def test_broken_echo_never_breaks_publishing(kernel: Kernelish) -> None:
     echo = io.StringIO()
     echo.close()  # writes raise ValueError

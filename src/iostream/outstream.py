@@ -208,6 +208,43 @@ def _on_thread_of(pub_thread: Any) -> bool:
     return thread is not None and thread.ident == threading.get_ident()
 
 
+class _FastWriter:
+    """The common case of :meth:`OutStream.write`, on a plain object.
+
+    Attribute access on instances of ``io.TextIOBase`` subclasses costs about
+    half again as much as on a plain slotted object, and this runs for every
+    write. ``group`` is None while the stream is closed or echoing, which sends
+    every write to the checked path. ``limit`` is the stream's
+    ``max_buffer_chars``, refreshed whenever a write takes the slow path.
+    """
+
+    __slots__ = ("group", "limit", "owner", "parent", "parent_global", "stream")
+
+    def __init__(self, stream: OutStream) -> None:
+        self.stream = stream
+        self.group: _StreamGroup | None = None
+        self.limit = stream.max_buffer_chars
+        self.owner = stream._owner
+        self.parent = stream._parent_header
+        self.parent_global: Parent = {}
+
+    def write(self, string: str) -> int:
+        """See :meth:`OutStream.write`. Any thread."""
+        # Fast path: a plain str and a flush already on its way (group.add inlined).
+        group = self.group
+        if group is not None and group.hot and string.__class__ is str:
+            publisher = group.publisher_ident
+            if publisher is None or publisher != _get_ident():
+                size = len(string)
+                group.incoming.append((self.owner, self.parent.get(self.parent_global), string))
+                group.incoming_chars += size
+                if group.hot and group.incoming_chars <= self.limit:
+                    return size
+                self.stream._after_fast_append(string)
+                return size
+        return self.stream._write_checked(string)
+
+
 class OutStream(io.TextIOBase):
     """A file-like object that publishes what is written to it on IOPub.
 
@@ -289,7 +326,14 @@ class OutStream(io.TextIOBase):
         self._should_watch = self._wants_fd_capture(watchfd)
         if self._should_watch:
             self._setup_stream_redirects(name)
-        self.echo: Any = self._echo_target(echo)
+        self._echo: Any = None
+        self._writer = _FastWriter(self)
+        if type(self).write is OutStream.write:
+            # Bound straight to the fast path, skipping one call. An instance
+            # attribute, as ``write`` must be anyway (metakernel assigns it);
+            # subclasses that override write() keep their own.
+            self.write = self._writer.write  # type: ignore[method-assign]
+        self.echo = self._echo_target(echo)
 
     def _wants_fd_capture(self, watchfd: bool | str) -> bool:
         if watchfd == "force":
@@ -317,6 +361,16 @@ class OutStream(io.TextIOBase):
                 return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", write_through=True)
         return echo
 
+    @property
+    def echo(self) -> Any:
+        """A file-like object that every write is copied to, or None. Writable."""
+        return self._echo
+
+    @echo.setter
+    def echo(self, value: Any) -> None:
+        self._echo = value
+        self._writer.group = self._group if value is None and not self._closed else None
+
     # -- parent routing ----------------------------------------------------
 
     @property
@@ -331,6 +385,7 @@ class OutStream(io.TextIOBase):
     def parent_header(self, value: Parent) -> None:
         self._parent_header.set(value)
         self._parent_header_global = value
+        self._writer.parent_global = value
 
     def set_parent(self, parent: Any) -> None:
         """Set the parent for the current context and as the global fallback."""
@@ -372,28 +427,24 @@ class OutStream(io.TextIOBase):
         while this thread is publishing (a session or hook that prints) goes to
         the original stream instead, so it cannot loop.
         """
+        return self._writer.write(string)
+
+    def _after_fast_append(self, string: str) -> None:
+        """The fast path appended ``string`` but found the flush gone or the backlog full."""
+        if not self._group.hot:  # taken meanwhile: maybe not with our text
+            self._promise_flush(string)
+        else:
+            self.flush()  # bounds memory: the writer waits for the IO thread
+
+    def _write_checked(self, string: str) -> int:
+        """``write`` with every check; the path for all but the common case."""
         if not isinstance(string, str):
             raise TypeError(f"write() argument must be str, not {type(string).__name__}")
         if self._closed:
             raise ValueError("I/O operation on closed file")
-        if self.echo is not None:
+        if self._echo is not None:
             self._echo_write(string)
-        group = self._group
-        publisher = group.publisher_ident
-        if group.hot and (publisher is None or publisher != _get_ident()):
-            # The fast path (group.add inlined): a flush is already on its way.
-            size = len(string)
-            group.incoming.append(
-                (self._owner, self._parent_header.get(self._parent_header_global), string)
-            )
-            group.incoming_chars += size
-            if group.hot and group.incoming_chars <= self.max_buffer_chars:
-                return size
-            if not group.hot:  # taken meanwhile: maybe not with our text
-                self._promise_flush(string)
-            else:
-                self.flush()  # bounds memory: the writer waits for the IO thread
-            return size
+        publisher = self._group.publisher_ident
         if publisher is not None and publisher == _get_ident():
             self._write_to_original(string)
         else:
@@ -447,6 +498,7 @@ class OutStream(io.TextIOBase):
         if self._capture is not None:
             self._should_watch = False
             self._capture.close(self.flush_timeout)
+        self._writer.group = None  # from now on every write raises
         try:
             self.flush()
         finally:
@@ -478,6 +530,7 @@ class OutStream(io.TextIOBase):
     def _promise_flush(self, text: str) -> None:
         """Make sure a flush will come for ``text``, just queued. Any thread."""
         group = self._group
+        self._writer.limit = self.max_buffer_chars
         with group.lock:
             ticket = group.arm(_monotonic(), self.flush_interval + 1.0)
         if self._publisher is None:
@@ -622,15 +675,15 @@ class OutStream(io.TextIOBase):
 
     def _echo_write(self, text: str) -> None:
         try:
-            self.echo.write(text)
+            self._echo.write(text)
         except Exception as error:
             self._report_echo_failure(error)
 
     def _flush_echo(self) -> None:
-        if self.echo is None:
+        if self._echo is None:
             return
         try:
-            self.echo.flush()
+            self._echo.flush()
         except Exception as error:
             self._report_echo_failure(error)
 
