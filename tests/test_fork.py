@@ -292,3 +292,96 @@ def test_concurrent_children_never_interleave_within_a_line(tmp_path: Path) -> N
         tmp_path,
     )
     assert run.result == {"ok": True, "count": 1200, "whole": True, "ordered": True}
+
+
+def test_child_partial_line_is_delivered_at_normal_exit(tmp_path: Path) -> None:
+    """A child that never wrote a newline and exits normally: atexit stops the
+    thread, whose stop callbacks publish the partial line to the parent."""
+    run = run_scenario(
+        """
+        import os, sys
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        pid = os.fork()
+        if pid == 0:
+            out.write("partial, no newline")
+            sys.exit(0)
+        os.waitpid(pid, 0)
+        ok = k.wait_for(lambda: "partial, no newline" in k.text(), timeout=15)
+        report({"ok": ok, "text": k.text()})
+        """,
+        tmp_path,
+    )
+    assert run.result == {"ok": True, "text": "partial, no newline"}
+
+
+def test_child_text_is_published_before_the_childs_later_messages(tmp_path: Path) -> None:
+    """print, flush, then display_data in a child (what IPython's display does):
+    the frontend must see the printed text first."""
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.flush_interval = 5.0
+        out.write("warm\\n"); out.flush()   # the parent's next timed flush is far away
+        pid = os.fork()
+        if pid == 0:
+            out.write("printed first\\n")
+            out.flush()
+            k.session.send(k.thread, "display_data", {"data": {"text/plain": "x"}, "metadata": {}})
+            k.thread.flush(5)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        ok = k.wait_for(lambda: any(m["msg_type"] == "display_data" for m in k.messages))
+        k.poll(0.3)
+        kinds = [
+            m["msg_type"] if m["msg_type"] != "stream" else m["content"]["text"]
+            for m in k.messages
+        ]
+        report({"ok": ok, "kinds": kinds})
+        """,
+        tmp_path,
+    )
+    assert run.result["ok"], run.result
+    assert run.result["kinds"] == ["warm\n", "printed first\n", "display_data"], run.result
+
+
+def test_busy_children_do_not_starve_the_parents_flush(tmp_path: Path) -> None:
+    """Children printing as fast as they can must not keep the parent's IO thread
+    from running the parent's own flushes (each bounded by flush_timeout)."""
+    run = run_scenario(
+        """
+        import os, time
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.flush_timeout = 5
+        pids = []
+        for n in range(2):
+            pid = os.fork()
+            if pid == 0:
+                for i in range(60000):
+                    out.write(f"c{n} {i}\\n")
+                out.flush()
+                os._exit(0)
+            pids.append(pid)
+        slowest = 0.0
+        for i in range(30):
+            t0 = time.monotonic()
+            out.write(f"parent {i}\\n")
+            out.flush()
+            slowest = max(slowest, time.monotonic() - t0)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        ok = k.wait_for(lambda: "c0 59999\\n" in k.text() and "c1 59999\\n" in k.text(), 60)
+        report({"ok": ok, "slowest_flush": slowest})
+        """,
+        tmp_path,
+        timeout=180,
+    )
+    assert run.result["ok"], run.result
+    assert "IOStream.flush timed out" not in run.stderr
+    assert run.result["slowest_flush"] < 5, run.result

@@ -54,6 +54,8 @@ class FdCapture:
         self._waiters: list[Completion] = []
         self._waiters_lock = threading.Lock()
         self._busy = False  # the reader holds bytes it has not delivered yet
+        self._finished = False  # the reader has ended (guarded by _waiters_lock)
+        os.set_blocking(self._stop_write, False)  # a request never blocks its sender
         self._pipe_size = _enlarge_pipe(write_fd)
         os.dup2(write_fd, fd)
         os.close(write_fd)  # fd itself now holds the write end
@@ -67,50 +69,65 @@ class FdCapture:
         self.thread.start()
 
     def read_loop(self) -> None:
-        """Reader thread: publish and echo everything until told to stop."""
-        while True:
-            ready, _, _ = select.select([self.read_fd, self._stop_read], [], [])
-            if self._stop_read in ready:
-                requests = os.read(self._stop_read, 4096)
-                if STOP in requests:
-                    self._drain()
+        """Reader thread: publish and echo everything until told to stop.
+
+        However it ends, every sync waiter is woken and later syncs return at once.
+        """
+        poller = select.poll()
+        poller.register(self.read_fd, select.POLLIN)
+        poller.register(self._stop_read, select.POLLIN)
+        try:
+            while True:
+                ready = {fd for fd, _ in poller.poll()}
+                if self._stop_read in ready:
+                    requests = os.read(self._stop_read, 4096)
+                    if STOP in requests:
+                        self._drain()
+                        self._deliver(self._decoder.finish())
+                        return
+                    self._answer_syncs()
+                    continue
+                self._busy = True
+                data = os.read(self.read_fd, READ_SIZE)
+                if not data:
                     self._deliver(self._decoder.finish())
-                    self._wake_waiters()
                     return
-                self._answer_syncs()
-                continue
-            self._busy = True
-            data = os.read(self.read_fd, READ_SIZE)
-            if not data:
-                self._deliver(self._decoder.finish())
+                self._handle(data)
                 self._busy = False
-                return
-            self._handle(data)
+        finally:
             self._busy = False
+            with self._waiters_lock:
+                self._finished = True
+            self._wake_waiters()
 
     def sync(self, timeout: float) -> bool:
         """Wait until what was written to the fd before this call is delivered.
 
-        Returns at once when nothing is waiting in the pipe; False if the reader
-        did not answer within ``timeout`` seconds. Any thread but the reader's.
+        Returns at once when nothing is waiting in the pipe or the reader has
+        ended; False if the reader did not answer within ``timeout`` seconds.
+        Any thread but the reader's.
         """
-        if self.thread is None or not self.thread.is_alive() or os.getpid() != self._pid:
+        if self.thread is None or os.getpid() != self._pid:
             return True
         if threading.current_thread() is self.thread or not self._has_pending():
             return True
         done = Completion()
         with self._waiters_lock:
+            if self._finished:
+                return True
             self._waiters.append(done)
-        os.write(self._stop_write, SYNC)
+            # A full control pipe is full of requests: one answer serves them all.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._stop_write, SYNC)
         return done.wait(timeout)
 
     def _has_pending(self) -> bool:
         """Whether bytes wait in the pipe or in the reader's hands."""
         if self._busy:
             return True
-        readable, _, _ = select.select([self.read_fd], [], [], 0)
+        readable = _readable(self.read_fd)
         # Busy again: the reader may have taken the bytes between the two looks.
-        return bool(readable) or self._busy
+        return readable or self._busy
 
     def _answer_syncs(self) -> None:
         """Deliver what is in the pipe now, then wake those who asked before."""
@@ -133,12 +150,16 @@ class FdCapture:
         in the pipe, and a writer that never stops must not keep us here.
         """
         budget = self._pipe_size
-        while budget > 0 and select.select([self.read_fd], [], [], 0)[0]:
+        while budget > 0:
+            self._busy = True  # before looking: a sync must not see an empty pipe
+            if not _readable(self.read_fd):
+                break
             data = os.read(self.read_fd, min(READ_SIZE, budget))
             if not data:
                 break
             budget -= len(data)
             self._handle(data)
+        self._busy = False
 
     def _handle(self, data: bytes) -> None:
         self._deliver(self._decoder.decode(data))
@@ -173,7 +194,8 @@ class FdCapture:
         os.dup2(self.original_copy, self.fd)
         if os.getpid() != self._pid:
             return
-        os.write(self._stop_write, STOP)
+        with contextlib.suppress(BlockingIOError):  # full of requests: it is awake
+            os.write(self._stop_write, STOP)
         if self.thread is not None:
             self.thread.join(timeout)
         if self.thread is not None and self.thread.is_alive():
@@ -194,3 +216,10 @@ def _enlarge_pipe(fd: int) -> int:
         with contextlib.suppress(OSError):
             return int(fcntl.fcntl(fd, _F_SETPIPE_SZ, size))
     return PIPE_SIZE
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has data to read now (``poll``: no limit on fd numbers)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))

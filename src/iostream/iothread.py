@@ -42,6 +42,9 @@ logger = logging.getLogger("iostream")
 MASTER = 0
 CHILD = 1
 
+#: Messages the IO thread reads from one socket before letting other work run.
+READ_BATCH = 256
+
 #: Bytes read from a captured file descriptor at a time.
 PIPE_BUFFER_SIZE = 1000
 
@@ -79,6 +82,7 @@ class IOPubThread:
         self._pipe_server: PipeServer | None = None
         self._pipe_client: PipeClient | None = None
         self._child_text_handler: TextHandler | None = None
+        self._child_text_publish: Callable[[], None] | None = None
         self._is_xpub = _socket_type(socket) == zmq.XPUB
         if self._is_xpub:
             # Without VERBOSE, XPUB passes up only the first subscription to a
@@ -96,6 +100,7 @@ class IOPubThread:
     def _init_process_state(self) -> None:
         """Create the locks, wake pipe, loop and thread of the current process."""
         self._lock = threading.Lock()
+        self._child_start_lock = threading.Lock()
         self._inline_lock = threading.RLock()
         self._state = _State.NEW
         self._wake_pending = False
@@ -261,18 +266,24 @@ class IOPubThread:
         else:
             self.schedule(self._really_send, *args, **kwargs)
 
-    def set_child_text_handler(self, handler: TextHandler | None) -> None:
+    def set_child_text_handler(
+        self, handler: TextHandler | None, publish: Callable[[], None] | None = None
+    ) -> None:
         """Receive the stream text forked children send with :meth:`send_child_text`.
 
         ``handler(owner, name, parent, text)`` runs on the IO thread of this (the
-        parent) process. Without a handler such text is logged and dropped. Any thread.
+        parent) process; ``publish()`` too, before a child's other message is
+        forwarded or its flush answered, so that text it wrote earlier is
+        published before them. Without a handler such text is logged and
+        dropped. Any thread.
         """
         self._child_text_handler = handler
+        self._child_text_publish = publish
 
     @property
     def pipes_to_parent(self) -> bool:
         """Whether this is a forked child whose output goes to the parent's pipe."""
-        return self._child_needs_thread or self._pipe_client is not None
+        return self._parent_pipe is not None and not self._is_master_process()
 
     def send_child_text(self, owner: int, name: str, parent: bytes, text: str) -> None:
         """In a forked child, hand stream text to the parent on the calling thread.
@@ -281,8 +292,8 @@ class IOPubThread:
         parent; :meth:`flush` waits until the parent has it. Any thread, forked
         children only (see :attr:`pipes_to_parent`).
         """
-        if self._child_needs_thread:
-            self._start_child_thread()
+        if self._pipe_client is None:
+            self._start_child_thread()  # also after stop(): text flushed at exit
         client = self._pipe_client
         if client is None:
             raise RuntimeError("send_child_text() needs a forked child of a pipe=True thread")
@@ -296,10 +307,17 @@ class IOPubThread:
         """
         if self._is_master_process():
             self._send_on_socket(msg, *args, **kwargs)
-        elif self._pipe_client is not None:
-            self._pipe_client.send([bytes(part) for part in msg])
-        else:
+            return
+        if not self.pipes_to_parent:
             self._warn_dropped("a forked child without pipe=True cannot reach the socket")
+            return
+        if self._pipe_client is None:
+            self._start_child_thread()  # also after stop(): messages sent at exit
+        client = self._pipe_client
+        if client is None:
+            self._warn_dropped("could not connect to the parent process")
+            return
+        client.send([bytes(part) for part in msg])
 
     def _send_on_socket(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
         socket = self.socket
@@ -375,16 +393,26 @@ class IOPubThread:
         self._child_needs_thread = self._parent_pipe is not None
 
     def _start_child_thread(self) -> None:
-        """In a forked child, start a thread that pipes output to the parent."""
-        with self._lock:
-            if not self._child_needs_thread or self._parent_pipe is None:
+        """In a forked child, connect to the parent and start the thread if not yet.
+
+        Other threads wait (bounded by the connection's wait) until the client
+        exists, so none of them sees a child half connected. The flag is cleared
+        only once the client exists: an interrupt here means trying again later.
+        After ``stop()`` (a child's atexit) the client is still made, for the
+        text flushed at exit, but no thread is started.
+        """
+        with self._child_start_lock:
+            if self._pipe_client is not None or not self.pipes_to_parent:
+                self._child_needs_thread = False
                 return
+            assert self._parent_pipe is not None
+            endpoint, key = self._parent_pipe
+            self._pipe_client = PipeClient(endpoint, key)
             self._child_needs_thread = False
-            if self._state is not _State.NEW:
-                return
-        endpoint, key = self._parent_pipe
-        self._pipe_client = PipeClient(endpoint, key)
-        self.start()
+        with self._lock:
+            new = self._state is _State.NEW
+        if new:
+            self.start()
 
     # -- IO thread -------------------------------------------------------------
 
@@ -401,7 +429,9 @@ class IOPubThread:
             server = self._pipe_server
             self._io_add_reader(
                 server.socket,
-                lambda frames: server.handle(frames, self._really_send, self._child_text_handler),
+                lambda frames: server.handle(
+                    frames, self._really_send, self._child_text_handler, self._child_text_publish
+                ),
             )
         if self._is_xpub and self._is_master_process():
             self.io_loop.add_handler(self.socket, self._io_on_socket_event, IOLoop.READ)
@@ -427,9 +457,14 @@ class IOPubThread:
         """Call ``on_message`` for every message ``sock`` receives, then ``after``."""
 
         def on_event(_fd: Any, _events: int) -> None:
-            # zmq's FD is edge-triggered: read until no message is left.
-            while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            # zmq's FD is edge-triggered: read until no message is left, but at
+            # most a batch at a time, so busy children cannot starve the loop.
+            for _ in range(READ_BATCH):
+                if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    break
                 on_message(sock.recv_multipart(zmq.NOBLOCK))
+            else:
+                self.io_loop.add_callback(on_event, None, 0)  # the edge is spent
             if after is not None:
                 after()
 

@@ -172,12 +172,22 @@ class _StreamGroup:
         IO thread only (the thread's child text handler).
         """
         stream = self.members.get(owner)
-        if stream is None:
+        if stream is None or stream.name != name:  # (an id may have been reused)
             stream = next((s for s in list(self.members.values()) if s.name == name), None)
         if stream is None:
             logger.warning("iostream: dropped %s output of a child: no such stream", name)
             return
         stream._buffer_under(parent, text)
+
+    def _io_publish_pending(self) -> None:
+        """Publish what is pending now (a child's text before its next message).
+
+        IO thread only (the thread's child text publisher).
+        """
+        if self.backlog():
+            stream = next(iter(list(self.members.values())), None)
+            if stream is not None:
+                stream._flush()
 
 
 _groups: weakref.WeakKeyDictionary[Any, _StreamGroup] = weakref.WeakKeyDictionary()
@@ -322,7 +332,10 @@ class OutStream(io.TextIOBase):
         if hasattr(pub_thread, "add_stop_callback"):
             pub_thread.add_stop_callback(self._flush)
         if hasattr(pub_thread, "set_child_text_handler"):
-            pub_thread.set_child_text_handler(self._group._io_receive_child_text)
+            group = self._group
+            pub_thread.set_child_text_handler(
+                group._io_receive_child_text, group._io_publish_pending
+            )
         self._should_watch = self._wants_fd_capture(watchfd)
         if self._should_watch:
             self._setup_stream_redirects(name)
@@ -468,24 +481,28 @@ class OutStream(io.TextIOBase):
         if self._closed:
             return
         thread = self._publisher
+        deadline = _monotonic() + self.flush_timeout
         capture = self._capture
-        if capture is not None and not _on_thread_of(thread):
-            # (On the IO thread, waiting for the reader could wait for ourselves:
-            # the reader may be blocked handing text to this thread.)
-            capture.sync(self.flush_timeout)
+        # (Not on the IO thread: waiting for the reader could wait for ourselves,
+        # as the reader may be blocked handing text to this thread.)
+        if (
+            capture is not None
+            and not _on_thread_of(thread)
+            and not capture.sync(self.flush_timeout)
+        ):
+            print("IOStream.flush timed out", file=sys.__stderr__)
         if self._in_piping_child():
             self._flush()  # hands the text over on this thread, then waits for the ack
-            if not thread.wait_delivered(self.flush_timeout):
+            if not thread.wait_delivered(max(0.0, deadline - _monotonic())):
                 print("IOStream.flush timed out", file=sys.__stderr__)
             return
         if thread is None or _on_thread_of(thread) or not _thread_running(thread):
             self._run_on(thread, self._flush)
             return
-        deadline = _monotonic() + self.flush_timeout
         done = Completion()
         thread.schedule(self._flush)
         thread.schedule(done.set)
-        delivered = done.wait(self.flush_timeout)
+        delivered = done.wait(max(0.0, deadline - _monotonic()))
         if delivered and hasattr(thread, "wait_delivered"):
             delivered = thread.wait_delivered(deadline - _monotonic())
         if not delivered:
@@ -644,6 +661,9 @@ class OutStream(io.TextIOBase):
 
     def _send_to_parent(self, parent: Parent, text: str) -> None:
         """From a forked child: hand ``text`` to the parent, which publishes it."""
+        session = self.session
+        if hasattr(session, "pid"):
+            session.pid = os.getpid()  # as _send does: display() from a child must work
         try:
             packed = self._group.pack_parent(parent)
             self._publisher.send_child_text(self._owner, self.name, packed, text)

@@ -77,11 +77,14 @@ class PipeServer:
         frames: list[bytes],
         forward: Callable[[list[bytes]], None],
         on_text: TextHandler | None,
+        publish_text: Callable[[], None] | None = None,
     ) -> None:
         """Check one received message and dispatch it. IO thread only.
 
-        Messages without the right key, or malformed, are logged and dropped,
-        never forwarded. A failure handling one message never stops the next.
+        ``publish_text()`` runs before a message is forwarded or a sync answered,
+        so the child's earlier text goes out first. Messages without the right
+        key, or malformed, are logged and dropped, never forwarded. A failure
+        handling one message never stops the next.
         """
         head = frames[1] if len(frames) > 1 else b""
         if len(head) <= KEY_SIZE or not hmac.compare_digest(head[:KEY_SIZE], self.key):
@@ -89,12 +92,18 @@ class PipeServer:
             return
         kind, body = head[KEY_SIZE : KEY_SIZE + 1], head[KEY_SIZE + 1 :]
         try:
+            if kind == TEXT:
+                if on_text is None:
+                    logger.warning("iostream: dropped child output: no stream takes it")
+                    return
+                on_text(*_unpack_text(body))
+                return
+            if publish_text is not None and kind in (SYNC, MESSAGE):
+                publish_text()
             if kind == SYNC:
                 self.socket.send_multipart([frames[0], body], zmq.NOBLOCK)
             elif kind == MESSAGE:
                 forward(frames[2:])
-            elif kind == TEXT and on_text is not None:
-                on_text(*_unpack_text(body))
             else:
                 logger.warning("iostream: dropped a malformed message from a child")
         except Exception:
@@ -122,6 +131,7 @@ class PipeClient:
         self._key = key
         self._lock = threading.Lock()
         self._syncs = 0
+        self._unanswered = False  # the last sync timed out: the parent may be gone
         self.ack_timeout = ack_timeout
         # zmq connects in the background. Wait (bounded) for the parent's answer,
         # so that what is sent afterwards leaves at once: a child killed right
@@ -146,8 +156,8 @@ class PipeClient:
 
     def _send(self, frames: Frames) -> None:
         with self._lock:
-            self.socket.send_multipart(frames)
             self._unsynced = True
+            self.socket.send_multipart(frames)
 
     def wait_delivered(self, timeout: float | None = None) -> bool:
         """Wait until the parent has handled everything sent so far.
@@ -155,7 +165,10 @@ class PipeClient:
         Returns at once if nothing was sent since the last time; False (after
         logging) if it took longer than ``timeout`` (default ``ack_timeout``) seconds.
         """
-        deadline = time.monotonic() + (self.ack_timeout if timeout is None else timeout)
+        timeout = self.ack_timeout if timeout is None else timeout
+        if self._unanswered:
+            timeout = min(timeout, 0.1)  # do not stall every flush on a gone parent
+        deadline = time.monotonic() + timeout
         with self._lock:
             if not self._unsynced:
                 return True
@@ -165,8 +178,11 @@ class PipeClient:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.socket.poll(int(remaining * 1000) + 1):
-                    logger.warning("iostream: the parent did not acknowledge child output")
+                    if not self._unanswered:
+                        logger.warning("iostream: the parent did not acknowledge child output")
+                    self._unanswered = True
                     return False
+                self._unanswered = False  # any answer: the parent is there
                 if self.socket.recv_multipart()[0] == want:  # older answers: skip
                     self._unsynced = False
                     return True

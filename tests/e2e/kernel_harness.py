@@ -44,10 +44,15 @@ def kernel_env() -> dict[str, str]:
 
     ``PYTEST_CURRENT_TEST`` is removed: ipykernel's OutStream (and possibly ours)
     turns file-descriptor capture off when it sees it, and a kernel is not a test.
+    So is ``PYTHONUNBUFFERED`` (see below).
     The directory holding the ``iostream`` package under test goes first on
     ``PYTHONPATH`` so the kernel imports the same code as these tests.
     """
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    # PYTHONUNBUFFERED (set on some CI machines) is dropped too: a Jupyter server
+    # does not set it, and with it every child process writes a print in pieces,
+    # so two children's lines interleave on the shared fd in either kernel.
+    dropped = {"PYTEST_CURRENT_TEST", "PYTHONUNBUFFERED"}
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     pkg_parent = str(Path(iostream.__file__).resolve().parent.parent)
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *[p for p in parts if p != pkg_parent]])
