@@ -140,6 +140,28 @@ def test_seed_order_close_publishes_the_rest() -> None:
     assert [s[2] for s in session.sent] == [{"name": "stderr", "text": "tail"}]
 
 
+def test_interrupt_while_publishing_on_the_writing_thread_loses_nothing() -> None:
+    """Without an IO thread (and in forked children) the writing thread publishes,
+    so a KeyboardInterrupt can strike inside the send: the text that was taken
+    goes back to the queue and leaves with the next line, in order."""
+    session = ListSession()
+    real_send = session.send
+    interrupted = []
+
+    def send_interrupted_once(*args: Any, **kwargs: Any) -> None:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        real_send(*args, **kwargs)
+
+    session.send = send_interrupted_once  # type: ignore[method-assign]
+    stream = iostream.OutStream("stdout", session, None)
+    with pytest.raises(KeyboardInterrupt):
+        stream.write("first line\n")
+    stream.write("second line\n")
+    assert "".join(s[2]["text"] for s in session.sent) == "first line\nsecond line\n"
+
+
 def test_session_that_prints_does_not_recurse(capfd: pytest.CaptureFixture[str]) -> None:
     """A session printing to sys.stdout (which is the stream) must not loop."""
 

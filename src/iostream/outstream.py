@@ -152,6 +152,13 @@ class _StreamGroup:
         self.buffer.extend(list(starmap(incoming.popleft, repeat((), len(incoming)))))
         self.incoming_chars = 0
 
+    def requeue(self, chunks: list[Chunk]) -> None:
+        """Put taken but unpublished chunks back ahead of everything. Any thread."""
+        with self.lock:
+            for chunk in reversed(chunks):
+                self.incoming.appendleft((chunk.owner, chunk.parent, chunk.text))
+                self.incoming_chars += len(chunk.text)
+
     def mark_hot(self, ticket: int) -> None:
         """The timer of arming ``ticket`` is scheduled: license the fast path. Any thread."""
         with self.lock:
@@ -569,7 +576,9 @@ class OutStream(io.TextIOBase):
         thread = self._publisher
         if _thread_running(thread):
             thread.schedule(self._io_on_timer)
-            return True
+            # Only our thread guarantees that what it queued runs before it stops,
+            # which the fast path's licence relies on.
+            return isinstance(thread, IOPubThread)
         self._run_on(thread, self._flush)
         return False
 
@@ -633,16 +642,24 @@ class OutStream(io.TextIOBase):
             yield dict(chunk.parent), chunk.text
 
     def _publish(self, chunks: list[Chunk]) -> None:
+        """Publish ``chunks`` in order. Where a KeyboardInterrupt can strike (a
+        writing thread publishing: no IO thread, or a forked child), the chunks
+        not yet sent go back to the front of the queue before it propagates."""
         if not chunks:
             return
         group = self._group
         with group.publish_lock:
             outer = group.publisher_ident
             group.publisher_ident = threading.get_ident()
+            sent = 0
             try:
                 for chunk in chunks:
                     stream = group.members.get(chunk.owner, self)
                     stream._publish_text(chunk.parent, chunk.text)
+                    sent += 1
+            except BaseException:
+                group.requeue(chunks[sent:])
+                raise
             finally:
                 group.publisher_ident = outer
 
