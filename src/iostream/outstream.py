@@ -324,7 +324,6 @@ class OutStream(io.TextIOBase):
             f"parent_header_{name}"
         )
         self._parent_header.set({})
-        self._parent_header_global: Parent = {}
         self._master_pid = os.getpid()
         self._flush_pending = False
         self._subprocess_flush_pending = False
@@ -333,8 +332,11 @@ class OutStream(io.TextIOBase):
         self._closed = False
         self._capture: FdCapture | None = None
         self._warned_echo = False
+        self._echo: Any = None
         self._group = _group_for(pub_thread if pub_thread is not None else session)
         self._owner = id(self)
+        # Before anything can write (the fd reader below): holds the global parent.
+        self._writer = _FastWriter(self)
         self._group.members[self._owner] = self
         if hasattr(pub_thread, "add_stop_callback"):
             pub_thread.add_stop_callback(self._flush)
@@ -346,8 +348,6 @@ class OutStream(io.TextIOBase):
         self._should_watch = self._wants_fd_capture(watchfd)
         if self._should_watch:
             self._setup_stream_redirects(name)
-        self._echo: Any = None
-        self._writer = _FastWriter(self)
         if type(self).write is OutStream.write:
             # Bound straight to the fast path, skipping one call. An instance
             # attribute, as ``write`` must be anyway (metakernel assigns it);
@@ -399,12 +399,11 @@ class OutStream(io.TextIOBase):
         try:
             return self._parent_header.get()
         except LookupError:
-            return self._parent_header_global
+            return self._writer.parent_global
 
     @parent_header.setter
     def parent_header(self, value: Parent) -> None:
         self._parent_header.set(value)
-        self._parent_header_global = value
         self._writer.parent_global = value
 
     def set_parent(self, parent: Any) -> None:
@@ -533,7 +532,7 @@ class OutStream(io.TextIOBase):
 
     def _buffer_text(self, text: str) -> None:
         """Add text under the current parent and make sure a flush will come."""
-        self._buffer_under(self._parent_header.get(self._parent_header_global), text)
+        self._buffer_under(self._parent_header.get(self._writer.parent_global), text)
 
     def _buffer_under(self, parent: Parent, text: str) -> None:
         """Add text under ``parent`` and make sure a flush will come. Any thread."""
