@@ -571,3 +571,25 @@ def test_lone_surrogates_do_not_kill_the_io_thread(kernel: Kernelish) -> None:
     kernel.receiver.wait_for_text("bad \ufffd char\nastral \U0001f600\n")
     assert kernel.receiver.text() == "bad \ufffd char\nastral \U0001f600\n"
     assert kernel.thread.thread.is_alive()
+
+
+def test_flush_buffers_yields_this_streams_parent_and_text(kernel: Kernelish) -> None:
+    """``_flush_buffers()`` (spyder-kernels overrides ``_flush`` around it) removes
+    and yields this stream's pending ``(parent, text)`` pairs, leaving other
+    streams' text to be published."""
+    out, err = kernel.stream("stdout"), kernel.stream("stderr")
+    out.write("warm\n")
+    out.flush()  # the next timed flush is a whole interval away
+    out.flush_interval = err.flush_interval = 30.0
+    kernel.receiver.wait_for_text("warm\n")
+    out.set_parent({"header": {"msg_id": "a", "tags": ["x"]}})
+    out.write("one ")
+    err.write("to stderr\n")
+    out.write("two\n")
+    pairs = list(out._flush_buffers())
+    assert [(parent.get("msg_id"), text) for parent, text in pairs] == [("a", "one two\n")]
+    assert all(type(parent) is dict for parent, _ in pairs)
+    err.flush()
+    kernel.receiver.wait_for_text("warm\nto stderr\n")
+    assert kernel.receiver.text("stderr") == "to stderr\n"
+    assert kernel.receiver.text("stdout") == "warm\n"
