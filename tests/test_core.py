@@ -215,25 +215,37 @@ def test_decide_never_postpones_past_the_due_time(
 
 @settings(max_examples=300)
 @given(
-    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.text(max_size=5)), max_size=60),
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4), st.text(max_size=5)), max_size=60),
     st.integers(0, 60),
 )
 def test_extend_is_the_same_as_appending_each(
     ops: list[tuple[int, int, str]], split_at: int
 ) -> None:
     """``extend`` (how queued writes are moved into the buffer) must give the same
-    chunks as appending the writes one by one, wherever the batches are cut."""
-    parents = [{"msg_id": "a"}, {"msg_id": "b"}, {}]
+    chunks as appending the writes one by one, wherever the batches are cut.
+    The last two parents are equal but distinct and have no ``msg_id``: they
+    must never share a run, even inside a batch written under one of them."""
+    parents = [{"msg_id": "a"}, {"msg_id": "b"}, {}, {"x": 1}, {"x": 1}]
     one, batched = OutputBuffer(), OutputBuffer()
     writes = [(owner, parents[p], text) for owner, p, text in ops]
     for write in writes:
         one.append(*write)
-    batched.extend(writes[:split_at])
-    batched.extend(writes[split_at:])
+    flat = [item for write in writes for item in write]
+    batched.extend(flat[: 3 * split_at])
+    batched.extend(flat[3 * split_at :])
     assert batched.pending_chars == one.pending_chars
-    assert [(c.owner, c.parent, c.text) for c in batched.drain()] == [
-        (c.owner, c.parent, c.text) for c in one.drain()
+    assert [(c.owner, id(c.parent), c.text) for c in batched.drain()] == [
+        (c.owner, id(c.parent), c.text) for c in one.drain()
     ]
+
+
+def test_a_batch_of_one_owner_and_parent_becomes_one_run() -> None:
+    buffer = OutputBuffer()
+    parent = {"msg_id": "m"}
+    buffer.extend([1, parent, "a", 1, parent, "", 1, parent, "bc"])
+    buffer.extend([2, parent, "d", 1, parent, "e"])
+    assert [(c.owner, c.text) for c in buffer.drain()] == [(1, "abc"), (2, "d"), (1, "e")]
+    assert buffer.pending_chars == 0
 
 
 # -- the whole model, under hypothesis -------------------------------------------------
@@ -284,3 +296,10 @@ def _in_order(pieces: list[str], text: str) -> bool:
             return False
         position += len(piece)
     return True
+
+
+def test_extend_rejects_a_broken_triple() -> None:
+    buffer = OutputBuffer()
+    with pytest.raises(ValueError, match="triples"):
+        buffer.extend([1, {}, "a", 2])
+    assert not buffer and buffer.pending_chars == 0

@@ -287,6 +287,31 @@ def test_writes_within_flush_interval_coalesce(kernel: Kernelish) -> None:
     assert len(kernel.receiver.streams()) == 2
 
 
+def test_queued_writes_leave_nothing_for_the_garbage_collector(kernel: Kernelish) -> None:
+    """A backlog of small writes must not be a pile of tracked objects: every
+    full collection would walk it (a print loop then spends a third of its time
+    in the collector)."""
+    import gc
+
+    stream = kernel.stream()
+    stream.flush_interval = 30.0  # the backlog stays queued while we count
+    stream.write("warm up\n")
+    stream.flush()
+    stream.write("-")  # promises the next flush, 30 s away
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for i in range(20_000):
+            stream.write("x")
+        grown = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert grown < 1_000, f"{grown} tracked objects for 20,000 queued writes"
+    stream.flush()
+    kernel.receiver.wait_for_text("warm up\n-" + "x" * 20_000)
+
+
 def test_output_after_idle_arrives_without_flush(kernel: Kernelish) -> None:
     stream = kernel.stream()
     stream.write("no flush needed\n")

@@ -20,7 +20,7 @@ The model:
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,29 +131,25 @@ class OutputBuffer:
         run.parts.append(text)
         self.pending_chars += len(text)
 
-    def extend(self, writes: Iterable[tuple[int, Parent, str]]) -> None:
-        """Add each ``(owner, parent, text)`` of ``writes`` in order, as :meth:`append`.
+    def extend(self, flat: Sequence[Any]) -> None:
+        """Add writes given flat, as ``owner, parent, text, owner, parent, text, ...``.
 
-        The common case, a series of writes by one owner under one parent,
-        costs one list append each.
+        The same as :meth:`append` for each triple in order. A write queue stores
+        writes flat so that queueing one allocates no container the garbage
+        collector would have to track. The common case, a batch written by one
+        owner under one parent, is joined at C speed.
         """
-        tail = self._tail
-        parts: list[str] | None = tail.parts if tail is not None else None
-        added = 0
-        for owner, parent, text in writes:
-            if (
-                parts is not None
-                and tail is not None
-                and tail.parent is parent
-                and tail.owner == owner
-            ):
-                parts.append(text)
-                added += len(text)
-                continue
+        if len(flat) % 3:
+            raise ValueError("extend() takes owner, parent, text triples")
+        owners, parents, texts = flat[0::3], flat[1::3], flat[2::3]
+        if not texts:
+            return
+        owner, parent = owners[0], parents[0]
+        if owners.count(owner) == len(owners) and len(set(map(id, parents))) == 1:
+            self.append(owner, parent, "".join(texts))
+            return
+        for owner, parent, text in zip(owners, parents, texts, strict=True):
             self.append(owner, parent, text)
-            tail = self._tail
-            parts = tail.parts if tail is not None else None
-        self.pending_chars += added
 
     def pending_for(self, owner: int) -> bool:
         """Whether ``owner`` has text waiting."""

@@ -82,7 +82,11 @@ class _StreamGroup:
         self.lock = threading.Lock()
         self.publish_lock = threading.RLock()
         self.buffer = OutputBuffer()
-        self.incoming: deque[tuple[int, Parent, str]] = deque()
+        # Writes, flat: owner, parent, text, owner, ... (``deque.extend`` of a
+        # tuple is atomic under the GIL; the tuple is freed at once, so queued
+        # writes hold no object the garbage collector tracks: a deque of tuples
+        # made every full collection walk the backlog).
+        self.incoming: deque[Any] = deque()
         # Characters in ``incoming``: a bound, not a count (unlocked ``+=`` from
         # several threads may lose updates; every full take resets it).
         self.incoming_chars = 0
@@ -138,7 +142,7 @@ class _StreamGroup:
 
     def add(self, owner: int, parent: Parent, text: str) -> None:
         """Queue ``text`` in write order. Any thread, no lock (see the class)."""
-        self.incoming.append((owner, parent, text))
+        self.incoming.extend((owner, parent, text))
         self.incoming_chars += len(text)
 
     def backlog(self) -> int:
@@ -156,7 +160,7 @@ class _StreamGroup:
         """Put taken but unpublished chunks back ahead of everything. Any thread."""
         with self.lock:
             for chunk in reversed(chunks):
-                self.incoming.appendleft((chunk.owner, chunk.parent, chunk.text))
+                self.incoming.extendleft((chunk.text, chunk.parent, chunk.owner))
                 self.incoming_chars += len(chunk.text)
 
     def mark_hot(self, ticket: int) -> None:
@@ -253,7 +257,7 @@ class _FastWriter:
             publisher = group.publisher_ident
             if publisher is None or publisher != _get_ident():
                 size = len(string)
-                group.incoming.append((self.owner, self.parent.get(self.parent_global), string))
+                group.incoming.extend((self.owner, self.parent.get(self.parent_global), string))
                 group.incoming_chars += size
                 if group.hot and group.incoming_chars <= self.limit:
                     return size
@@ -630,7 +634,7 @@ class OutStream(io.TextIOBase):
                 if rest:
                     with group.lock:
                         # Ahead of anything queued meanwhile: it was written first.
-                        group.incoming.appendleft((self._owner, last.parent, rest))
+                        group.incoming.extendleft((rest, last.parent, self._owner))
                         group.incoming_chars += len(rest)
                         group.armed = True
             self._publish([chunk for chunk in chunks if chunk.text])
