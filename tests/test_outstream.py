@@ -302,7 +302,7 @@ def test_queued_writes_leave_nothing_for_the_garbage_collector(kernel: Kernelish
     gc.disable()
     try:
         before = len(gc.get_objects())
-        for i in range(20_000):
+        for _ in range(20_000):
             stream.write("x")
         grown = len(gc.get_objects()) - before
     finally:

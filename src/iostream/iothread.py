@@ -12,10 +12,17 @@ The one cross-thread primitive is :meth:`IOPubThread.schedule`. Its guarantee:
   returns (unless a scheduled call blocks past the stop timeout, which is logged);
 * it never blocks on the IO thread: it appends to a deque under a short lock and
   wakes the thread through an inproc pipe only if the thread is not already awake.
+
+Its shortcut is :meth:`IOPubThread.run_exclusive`: when the IO thread is asleep
+and nothing is queued, the caller does the work itself, as the IO thread would,
+holding the *executor lock* that the IO thread holds whenever it is awake (see
+:mod:`iostream.exclusive`). "Runs on the IO thread" below means "runs holding the
+executor lock": on the IO thread, or inside ``run_exclusive``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import logging
@@ -25,8 +32,9 @@ import time
 import weakref
 from binascii import b2a_hex
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
+from itertools import repeat
 from typing import Any
 
 import zmq
@@ -35,6 +43,7 @@ from tornado.ioloop import IOLoop
 from . import forksafety
 from .background_socket import BackgroundSocket
 from .completion import Completion
+from .exclusive import ReleasingSelector, SignalsDeferred
 from .subprocess_pipe import PipeClient, PipeServer, TextHandler
 
 logger = logging.getLogger("iostream")
@@ -48,7 +57,42 @@ READ_BATCH = 256
 #: Bytes read from a captured file descriptor at a time.
 PIPE_BUFFER_SIZE = 1000
 
-Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+#: A queued call: function, args, kwargs, and whether it is ordered (may not be
+#: overtaken by :meth:`IOPubThread.run_exclusive`).
+Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], bool]
+
+# pyzmq's compiled send, when its backend is the compiled one (not cffi).
+_compiled_send: Any = (
+    None if type(zmq.backend.Socket.send).__name__ == "function" else zmq.backend.Socket.send
+)
+_more_flags: dict[int, tuple[int, ...]] = {}
+
+
+def send_frames(socket: Any, frames: Sequence[Any], copy: bool = True) -> None:
+    """Send ``frames`` as one multipart message on ``socket``. Caller owns the socket.
+
+    For a plain ``zmq.Socket`` and ``bytes`` frames, every frame is handed to
+    pyzmq's compiled ``send`` from C (``map`` consumed by a ``deque``): no Python
+    bytecode runs between two frames, so a signal handler that raises cannot
+    leave half a message queued on the socket, and the per-frame flag
+    arithmetic of ``Socket.send_multipart`` (about 15 us a message) is skipped.
+    Anything else goes through ``send_multipart``.
+    """
+    kind = type(socket)
+    if (
+        _compiled_send is None
+        or kind.send_multipart is not zmq.Socket.send_multipart
+        or kind.send is not zmq.Socket.send
+        or not frames
+        or not set(map(type, frames)) <= {bytes}
+    ):
+        socket.send_multipart(frames, copy=copy)
+        return
+    count = len(frames)
+    flags = _more_flags.get(count)
+    if flags is None:
+        flags = _more_flags[count] = (int(zmq.SNDMORE),) * (count - 1) + (0,)
+    deque(map(_compiled_send, repeat(socket, count), frames, flags, repeat(copy, count)), 0)
 
 
 class _State(Enum):
@@ -102,6 +146,11 @@ class IOPubThread:
         self._lock = threading.Lock()
         self._child_start_lock = threading.Lock()
         self._inline_lock = threading.RLock()
+        # Held by the IO thread whenever it is awake (an RLock only so that
+        # run_exclusive can tell whether it holds it: see there).
+        self._executor_lock = threading.RLock()
+        self._exclusive_ident: int | None = None  # who runs inside run_exclusive
+        self._ordered_queued = 0  # queued calls that run_exclusive may not overtake
         self._state = _State.NEW
         self._wake_pending = False
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -111,7 +160,8 @@ class IOPubThread:
         self.pipe_in.bind(address)
         self.pipe_out: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
         self.pipe_out.connect(address)
-        self.io_loop: IOLoop = IOLoop(make_current=False)
+        selector_loop = asyncio.SelectorEventLoop(ReleasingSelector(self._executor_lock))
+        self.io_loop: IOLoop = IOLoop(make_current=False, asyncio_loop=selector_loop)
         self.thread = threading.Thread(target=self._io_main, name="IOPub", daemon=True)
         self.thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
         self.thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
@@ -180,7 +230,8 @@ class IOPubThread:
                 running = False
             else:
                 running = True
-                self._events.append((self._io_run_stop_callbacks, (), {}))
+                self._events.append((self._io_run_stop_callbacks, (), {}, True))
+                self._ordered_queued += 1
                 self._state = _State.STOPPING
                 self._wake_locked()
         if running or self.thread.is_alive():
@@ -218,14 +269,68 @@ class IOPubThread:
         See the module docstring for the ordering and completion guarantee.
         Exceptions raised by ``f`` are logged, never propagated. Any thread.
         """
+        self._enqueue((f, args, kwargs, True))
+
+    def schedule_overtakable(self, f: Callable[[], Any]) -> None:
+        """As :meth:`schedule`, except that :meth:`run_exclusive` may overtake it.
+
+        For idempotent checks (is a flush due yet?) whose place in the queue
+        does not matter. Any thread.
+        """
+        self._enqueue((f, (), {}, False))
+
+    def run_exclusive(self, f: Callable[[], Any]) -> bool:
+        """Run ``f()`` now on the calling thread, in place of the IO thread, if possible.
+
+        Possible when the thread is running, asleep (waiting for events) and
+        nothing is queued but overtakable calls: then running ``f`` here keeps
+        every guarantee of :meth:`schedule` (in order after every call
+        scheduled before, never beside another) and saves the round trip.
+        Returns whether ``f`` ran; if not, nothing happened. On the main thread,
+        signals that Python handles are held back while ``f`` runs and
+        delivered once it is done (see :class:`~iostream.exclusive.SignalsDeferred`).
+        Exceptions raised by ``f`` are logged, never propagated. Any thread
+        (returns False on the IO thread and inside ``f``).
+        """
+        if self._on_io_thread() or not self._is_master_process():
+            return False
+        lock = self._executor_lock
+        try:
+            with SignalsDeferred():
+                if not lock.acquire(blocking=False):
+                    return False
+                try:
+                    with self._lock:
+                        if self._state is not _State.RUNNING or self._ordered_queued:
+                            return False
+                    try:
+                        self._exclusive_ident = threading.get_ident()
+                        self._call(f, (), {})
+                    finally:
+                        self._exclusive_ident = None
+                finally:
+                    lock.release()
+        except BaseException:
+            # Only an asynchronous exception can get here with the lock held
+            # (between acquire() and the try); a held lock would park the IO
+            # thread forever.
+            self._exclusive_ident = None
+            if lock._is_owned():  # type: ignore[attr-defined]
+                lock.release()
+            raise
+        return True
+
+    def _enqueue(self, event: Event) -> None:
         if self._child_needs_thread:
             self._start_child_thread()
         with self._lock:
             if self._state is _State.RUNNING or self._state is _State.STOPPING:
-                self._events.append((f, args, kwargs))
+                self._events.append(event)
+                self._ordered_queued += event[3]
                 if not self._wake_pending:
                     self._wake_locked()
                 return
+        f, args, kwargs, _ordered = event
         with self._inline_lock:
             self._call(f, args, kwargs)
 
@@ -325,7 +430,10 @@ class IOPubThread:
             self._warn_dropped("the IOPub socket is closed")
             return
         try:
-            socket.send_multipart(msg, *args, **kwargs)
+            if args or set(kwargs) - {"copy"}:
+                socket.send_multipart(msg, *args, **kwargs)
+            else:
+                send_frames(socket, msg, kwargs.get("copy", True))
         except (zmq.ZMQError, AttributeError, ValueError) as error:
             self._warn_dropped(f"sending failed: {error}")
         if self._is_xpub and self._on_io_thread():
@@ -340,7 +448,9 @@ class IOPubThread:
     # -- internals: any thread -------------------------------------------------
 
     def _on_io_thread(self) -> bool:
-        return self.thread.ident == threading.get_ident()
+        """Whether the caller acts as the IO thread: it is, or runs in :meth:`run_exclusive`."""
+        ident = threading.get_ident()
+        return self.thread.ident == ident or self._exclusive_ident == ident
 
     def _wake_locked(self) -> None:
         """Wake the IO thread. Caller holds ``_lock`` (which serialises pipe_out).
@@ -417,11 +527,17 @@ class IOPubThread:
     # -- IO thread -------------------------------------------------------------
 
     def _io_main(self) -> None:
-        self.io_loop.add_callback(self._io_setup)
+        # Held whenever this thread is awake; the loop's selector lets go of it
+        # only while waiting for events.
+        self._executor_lock.acquire()
         try:
-            self.io_loop.start()
+            self.io_loop.add_callback(self._io_setup)
+            try:
+                self.io_loop.start()
+            finally:
+                self._io_teardown()
         finally:
-            self._io_teardown()
+            self._executor_lock.release()
 
     def _io_setup(self) -> None:
         self._io_add_reader(self.pipe_in, lambda _frames: None, after=self._io_run_pending)
@@ -481,7 +597,8 @@ class IOPubThread:
                         self._state = _State.STOPPED
                         self.io_loop.stop()
                     return
-                f, args, kwargs = self._events.popleft()
+                f, args, kwargs, ordered = self._events.popleft()
+                self._ordered_queued -= ordered
             self._call(f, args, kwargs)
 
     def _io_run_stop_callbacks(self) -> None:

@@ -106,10 +106,15 @@ class _StreamGroup:
         self._renew()
         self.forked = True
 
-    def take(self, now: float, owner: int | None = None) -> list[Chunk]:
-        """Remove the pending text (of ``owner`` only, if given). Any thread."""
+    def take(self, now: float, owner: int | None = None, keep_licence: bool = False) -> list[Chunk]:
+        """Remove the pending text (of ``owner`` only, if given). Any thread.
+
+        ``keep_licence``: a flush that is not the promised one (the timer still
+        comes) leaves a ``hot`` licence in force, so writes after it need not
+        arm again.
+        """
         with self.lock:
-            if owner is None:
+            if owner is None and not (keep_licence and self.hot):
                 self.armed = self.hot = False  # before emptying incoming (see class)
                 self.seen_pending = -1
             self._absorb_incoming()
@@ -225,6 +230,10 @@ def _thread_running(pub_thread: Any) -> bool:
 
 
 def _on_thread_of(pub_thread: Any) -> bool:
+    """Whether the caller acts as ``pub_thread``'s IO thread (ours: also inside
+    its ``run_exclusive``)."""
+    if isinstance(pub_thread, IOPubThread):
+        return pub_thread._on_io_thread()
     thread = getattr(pub_thread, "thread", None)
     return thread is not None and thread.ident == threading.get_ident()
 
@@ -332,6 +341,8 @@ class OutStream(io.TextIOBase):
         self._flush_pending = False
         self._subprocess_flush_pending = False
         self._local = threading.local()
+        self._io_hooks: list[Hook] = []  # the IO thread's, also in its exclusive runs
+        self._timer_flushing = False  # the timer's flush is running (IO thread)
         self._isatty = bool(isatty)
         self._closed = False
         self._capture: FdCapture | None = None
@@ -509,6 +520,8 @@ class OutStream(io.TextIOBase):
         if thread is None or _on_thread_of(thread) or not _thread_running(thread):
             self._run_on(thread, self._flush)
             return
+        if isinstance(thread, IOPubThread) and thread.run_exclusive(self._flush):
+            return  # published here, in order, without a round trip
         done = Completion()
         thread.schedule(self._flush)
         thread.schedule(done.set)
@@ -577,11 +590,16 @@ class OutStream(io.TextIOBase):
     def _arm_flush(self) -> bool:
         """Have the IO thread's timer flush; True if it will (else flushed here)."""
         thread = self._publisher
-        if _thread_running(thread):
+        if isinstance(thread, IOPubThread):
+            if thread.running:
+                # A later flush() may overtake the check: it publishes all anyway.
+                thread.schedule_overtakable(self._io_on_timer)
+                # Only our thread guarantees that what it queued runs before it
+                # stops, which the fast path's licence relies on.
+                return True
+        elif _thread_running(thread):
             thread.schedule(self._io_on_timer)
-            # Only our thread guarantees that what it queued runs before it stops,
-            # which the fast path's licence relies on.
-            return isinstance(thread, IOPubThread)
+            return False
         self._run_on(thread, self._flush)
         return False
 
@@ -592,7 +610,11 @@ class OutStream(io.TextIOBase):
         if delay is None:
             return  # flushed meanwhile
         if delay <= 0 or getattr(thread, "stopping", False):
-            self._flush()  # (a stopping loop would never run the timer)
+            self._timer_flushing = True  # the promised flush: it ends the licence
+            try:
+                self._flush()  # (a stopping loop would never run the timer)
+            finally:
+                self._timer_flushing = False
             return
         group = self._group
         if group.timer is not None:
@@ -613,13 +635,25 @@ class OutStream(io.TextIOBase):
         self._subprocess_flush_pending = False
         self._flush_echo()
         group = self._group
-        if group.timer is not None and _on_thread_of(self._publisher):
-            self._publisher.io_loop.remove_timeout(group.timer)
+        publisher = self._publisher
+        # A flush other than the timer's own, on a running thread of ours, leaves
+        # the timer's promise in force: the timer still comes, and writes
+        # meanwhile keep their fast path (a progress bar that flushes every step
+        # arms nothing and wakes no thread). Stopping revokes it (stop callback).
+        keep_licence = (
+            not self._timer_flushing
+            and isinstance(publisher, IOPubThread)
+            and publisher.running
+            and not publisher.stopping
+            and _on_thread_of(publisher)
+        )
+        if group.timer is not None and not keep_licence and _on_thread_of(publisher):
+            publisher.io_loop.remove_timeout(group.timer)
             group.timer = None
         # Take and publish under one lock: in a forked child the writing thread
         # and the IO thread may both flush, and must not reorder the text.
         with group.publish_lock:
-            self._publish(group.take(time.monotonic()))
+            self._publish(group.take(time.monotonic(), keep_licence=keep_licence))
 
     def _publish_complete_lines(self) -> None:
         """Publish up to the last newline, keep the rest. Writing thread (without
@@ -748,6 +782,8 @@ class OutStream(io.TextIOBase):
 
     @property
     def _hooks(self) -> list[Hook]:
+        if _on_thread_of(self._publisher):
+            return self._io_hooks
         hooks: list[Hook] | None = getattr(self._local, "hooks", None)
         if hooks is None:
             hooks = self._local.hooks = []
