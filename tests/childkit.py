@@ -22,8 +22,12 @@ KEY = b"child-key-0123456789"
 class Setup:
     """An IOPubThread on XPUB with a subscribed receiver, in this process."""
 
-    def __init__(self, module: str | None = None, pipe: bool = True) -> None:
+    def __init__(self, module: str | None = None, pipe: bool = True, slim: bool = False) -> None:
+        """``slim``: keep only what ``text()`` and ``streams()`` need of each
+        message, so that a long run's receiver does not dominate the memory
+        of the process it shares with the sender."""
         module = module or os.environ.get("IOSTREAM_IMPL", "iostream")
+        self.slim = slim
         mod = __import__(module, fromlist=["IOPubThread"])
         self.module = mod
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -57,7 +61,10 @@ class Setup:
         got = False
         while self.sub.poll(int(timeout * 1000)):
             _, frames = self.rsession.feed_identities(self.sub.recv_multipart())
-            self.messages.append(self.rsession.deserialize(frames))
+            msg = self.rsession.deserialize(frames)
+            if self.slim:
+                msg = {"msg_type": msg["msg_type"], "content": msg["content"]}
+            self.messages.append(msg)
             got = True
             timeout = 0.01
         return got

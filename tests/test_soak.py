@@ -25,7 +25,7 @@ import os, random, resource, signal, sys, threading, time
 from childkit import Setup, open_fds, report
 
 SECONDS = float(sys.argv[2])
-k = Setup()
+k = Setup(slim=True)
 out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
 err = k.module.OutStream(k.session, k.thread, "stderr", watchfd=False)
 expected = set()          # lines whose write returned: each must arrive exactly once
@@ -136,6 +136,7 @@ def test_soak_mixed_load_loses_nothing_and_does_not_grow(tmp_path: Path) -> None
     script = SCENARIO.replace("float(sys.argv[2])", repr(SECONDS))
     run = run_scenario(script, tmp_path, timeout=SECONDS * 3 + 120)
     r = run.result
+    print("soak:", {key: r[key] for key in ("expected", "interrupts", "samples")})
     assert r["ok"] and r["alive"], r
     assert r["missing"] == [] and r["duplicated"] == [] and r["corrupt"] == [], r
     assert r["expected"] > 1000 and r["interrupts"] > 0, r

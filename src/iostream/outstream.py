@@ -729,8 +729,9 @@ class OutStream(io.TextIOBase):
         if self._publisher is None:
             session.send(self.name, "stream", content, parent=parent, ident=self.topic)
             return
-        if hasattr(session, "pid"):
-            session.pid = os.getpid()  # the thread, not Session, handles forks
+        pid = os.getpid()
+        if getattr(session, "pid", pid) != pid:
+            session.pid = pid  # the thread, not Session, handles forks
         msg: dict[str, Any] | None = session.msg("stream", content, parent=parent)
         for hook in list(self._hooks):
             msg = self._run_hook(hook, msg) if msg is not None else None
