@@ -180,3 +180,39 @@ def test_progress_bar_flushes_run_on_the_calling_thread(ours: Kernelish) -> None
     assert len(publishers) == 50  # one message per flush, each through the hook
     on_caller = publishers.count(threading.get_ident())
     assert on_caller >= 25, f"only {on_caller} of 50 flushes ran on the caller"
+
+
+def test_a_caller_flushing_in_a_tight_loop_does_not_starve_the_io_thread(
+    ours: Kernelish,
+) -> None:
+    """Work that reaches the IO thread by other ways than ``schedule`` (timers,
+    a forked child's pipe, ``add_callback``) still runs promptly."""
+    stream = ours.stream()
+    stream.write("start\n")
+    stream.flush()
+    stop = threading.Event()
+    waits: list[float] = []
+
+    def probe() -> None:
+        while not stop.is_set():
+            ran = threading.Event()
+            started = time.monotonic()
+            ours.thread.io_loop.add_callback(ran.set)
+            if not ran.wait(10):
+                waits.append(10.0)
+                return
+            waits.append(time.monotonic() - started)
+            time.sleep(0.005)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    deadline = time.monotonic() + 1.0
+    i = 0
+    while time.monotonic() < deadline:
+        i += 1
+        stream.write(f"\r{i}")
+        stream.flush()
+    stop.set()
+    prober.join(15)
+    assert waits, "the probe never ran"
+    assert max(waits) < 0.5, f"the IO thread waited up to {max(waits):.3f} s for its turn"

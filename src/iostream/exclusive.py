@@ -42,6 +42,9 @@ class ReleasingSelector(selectors.DefaultSelector):
     def __init__(self, lock: threading.RLock) -> None:
         super().__init__()
         self._executor_lock = lock
+        #: The IO thread has work and waits for the lock: others should step
+        #: aside (a caller flushing in a tight loop would otherwise starve it).
+        self.wants_lock = False
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         """Wait for events without the lock; return holding it again."""
@@ -50,7 +53,9 @@ class ReleasingSelector(selectors.DefaultSelector):
             events: list[tuple[Any, int]] = super().select(timeout)
             return events
         finally:
+            self.wants_lock = True
             self._executor_lock.acquire()
+            self.wants_lock = False
 
 
 class SignalsDeferred:

@@ -160,7 +160,8 @@ class IOPubThread:
         self.pipe_in.bind(address)
         self.pipe_out: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
         self.pipe_out.connect(address)
-        selector_loop = asyncio.SelectorEventLoop(ReleasingSelector(self._executor_lock))
+        self._selector = ReleasingSelector(self._executor_lock)
+        selector_loop = asyncio.SelectorEventLoop(self._selector)
         self.io_loop: IOLoop = IOLoop(make_current=False, asyncio_loop=selector_loop)
         self.thread = threading.Thread(target=self._io_main, name="IOPub", daemon=True)
         self.thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
@@ -282,8 +283,9 @@ class IOPubThread:
     def run_exclusive(self, f: Callable[[], Any]) -> bool:
         """Run ``f()`` now on the calling thread, in place of the IO thread, if possible.
 
-        Possible when the thread is running, asleep (waiting for events) and
-        nothing is queued but overtakable calls: then running ``f`` here keeps
+        Possible when the thread is running, asleep (waiting for events, not
+        woken and waiting for its turn) and nothing is queued but overtakable
+        calls: then running ``f`` here keeps
         every guarantee of :meth:`schedule` (in order after every call
         scheduled before, never beside another) and saves the round trip.
         Returns whether ``f`` ran; if not, nothing happened. On the main thread,
@@ -292,7 +294,7 @@ class IOPubThread:
         Exceptions raised by ``f`` are logged, never propagated. Any thread
         (returns False on the IO thread and inside ``f``).
         """
-        if self._on_io_thread() or not self._is_master_process():
+        if self._on_io_thread() or not self._is_master_process() or self._selector.wants_lock:
             return False
         lock = self._executor_lock
         try:
