@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 import iostream
-from support import Kernelish, started_kernel
+from support import Kernelish, run_python, started_kernel
 
 
 @pytest.fixture
@@ -100,34 +100,145 @@ class Timeout(Exception):
     pass
 
 
-def _raise_timeout(signum: int, frame: Any) -> None:
-    raise Timeout
+@pytest.fixture
+def handlers() -> Iterator[dict[str, list[int]]]:
+    """SIGALRM raises Timeout, SIGUSR1 is recorded; both restored afterwards."""
+    seen: dict[str, list[int]] = {"alrm": [], "usr1": []}
+
+    def alarm(signum: int, frame: Any) -> None:
+        seen["alrm"].append(signum)
+        raise Timeout
+
+    previous = {
+        signal.SIGALRM: signal.signal(signal.SIGALRM, alarm),
+        signal.SIGUSR1: signal.signal(signal.SIGUSR1, lambda n, f: seen["usr1"].append(n)),
+    }
+    yield seen
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
-def test_signals_wait_until_the_run_is_done(ours: Kernelish) -> None:
+def test_signals_wait_until_the_run_is_done(
+    ours: Kernelish, handlers: dict[str, list[int]]
+) -> None:
     """A handler that raises (a SIGALRM timeout, Ctrl-C's KeyboardInterrupt) must
-    not cut the work short; the signal is delivered right after."""
+    not cut the work short; every signal is delivered right after, once each,
+    and the first exception is raised."""
     _asleep(ours)
     steps: list[str] = []
+    alarm = signal.getsignal(signal.SIGALRM)
 
     def work() -> None:
         os.kill(os.getpid(), signal.SIGALRM)
+        os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)  # (a sleep runs pending handlers)
+        assert handlers == {"alrm": [], "usr1": []}
         steps.append("finished")
 
-    previous = signal.signal(signal.SIGALRM, _raise_timeout)
-    try:
-        with pytest.raises((Timeout, KeyboardInterrupt)):
-            ours.thread.run_exclusive(work)
-        assert steps == ["finished"]
-        assert signal.getsignal(signal.SIGALRM) is _raise_timeout
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(Timeout):
+        ours.thread.run_exclusive(work)
+    assert steps == ["finished"]
+    assert handlers == {"alrm": [signal.SIGALRM], "usr1": [signal.SIGUSR1]}
+    assert signal.getsignal(signal.SIGALRM) is alarm
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert ours.thread.flush(5)
     assert ours.thread.run_exclusive(lambda: steps.append("again"))
     assert steps == ["finished", "again"]
+
+
+def test_a_held_back_signal_reaches_a_wakeup_fd_once(
+    ours: Kernelish, handlers: dict[str, list[int]]
+) -> None:
+    """asyncio's add_signal_handler counts bytes on the wakeup fd: a deferred
+    signal must not be announced twice."""
+    _asleep(ours)
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    old_fd = signal.set_wakeup_fd(write_end)
+    try:
+        assert ours.thread.run_exclusive(lambda: os.kill(os.getpid(), signal.SIGUSR1))
+        os.set_blocking(read_end, False)
+        assert os.read(read_end, 100) == bytes([signal.SIGUSR1])
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        os.close(read_end)
+        os.close(write_end)
+    assert handlers["usr1"] == [signal.SIGUSR1]
+
+
+def test_declines_where_c_code_stacked_its_own_handler(ours: Kernelish, tmp_path: Any) -> None:
+    """faulthandler (or cysignals) chained over Python's handler: putting
+    Python's back would silently remove theirs, so the flush goes the long way."""
+    import faulthandler
+
+    _asleep(ours)
+    previous = signal.signal(signal.SIGUSR2, lambda n, f: None)
+    with open(tmp_path / "dump.txt", "w+") as dump:
+        faulthandler.register(signal.SIGUSR2, file=dump, chain=True)
+        try:
+            assert ours.thread.run_exclusive(lambda: None) is False
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.05)
+        finally:
+            faulthandler.unregister(signal.SIGUSR2)
+            signal.signal(signal.SIGUSR2, previous)
+        dump.seek(0)
+        assert "File" in dump.read()  # faulthandler still dumped the traceback
+    scheduled: list[str] = []
+    ours.thread.schedule(scheduled.append, "still works")
+    assert ours.thread.flush(5) and scheduled == ["still works"]
+
+
+def test_a_child_forked_meanwhile_gets_its_signal_handlers_back(ours: Kernelish) -> None:
+    _asleep(ours)
+    read_end, write_end = os.pipe()
+
+    def fork_from_another_thread() -> None:
+        pid = os.fork()
+        if pid == 0:
+            ok = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            os.write(write_end, b"ok" if ok else b"no")
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    def work() -> None:
+        forker = threading.Thread(target=fork_from_another_thread)
+        forker.start()
+        forker.join(10)
+
+    try:
+        assert ours.thread.run_exclusive(work)
+        assert os.read(read_end, 2) == b"ok"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_socket_whose_send_can_block_keeps_flush_bounded(tmp_path: Any) -> None:
+    """PUSH without a peer blocks its sender: that must stay on the IO thread,
+    where flush_timeout bounds the wait, never on the caller."""
+    code = """
+import time, zmq, iostream
+from jupyter_client.session import Session
+ctx = zmq.Context()
+push = ctx.socket(zmq.PUSH)
+push.bind("tcp://127.0.0.1:*")  # no peer: a send blocks
+thread = iostream.IOPubThread(push, session=Session(key=b"k"))
+thread.start()
+stream = iostream.OutStream(Session(key=b"k"), thread, "stdout", watchfd=False)
+stream.flush_timeout = 1.0
+time.sleep(0.1)
+started = time.monotonic()
+stream.write("nobody reads this\\n")
+stream.flush()
+print("returned after", round(time.monotonic() - started, 1))
+import os
+os._exit(0)
+"""
+    code_rc, out, err = run_python(code, timeout=60)
+    assert code_rc == 0, err
+    assert "returned after" in out and "IOStream.flush timed out" in err
 
 
 def test_ctrl_c_during_an_explicit_flush_publishes_the_text_once(ours: Kernelish) -> None:

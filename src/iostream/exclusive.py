@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]
 import _thread
+import ctypes
 import selectors
 import signal
+import sys
 import threading
 from itertools import compress
 from types import FrameType
 from typing import Any
+
+from . import forksafety
 
 _UNCATCHABLE = {getattr(signal, name) for name in ("SIGKILL", "SIGSTOP") if hasattr(signal, name)}
 
@@ -59,17 +63,22 @@ class ReleasingSelector(selectors.DefaultSelector):
 
 
 class SignalsDeferred:
-    """A context that holds back the signals Python handles, then delivers them.
+    """Holds back the signals Python handles on the main thread, then delivers them.
 
-    On the main thread only (Python runs signal handlers there and nowhere
-    else). Every signal whose handler is a Python callable (SIGINT's
-    KeyboardInterrupt, a SIGALRM timeout, ...) gets a recording handler for the
-    duration; at the end the handlers are put back and each signal that came
-    meanwhile is raised again, so its own handler runs then (raising there), as
-    if the signal had come a moment later. Signals handled in C, ignored or left
-    at their default action are untouched: they never raise in Python code.
-    Uses ``_signal`` directly: ``signal.signal`` converts to enums and costs ten
-    times as much, and this runs for every exclusive flush.
+    :meth:`begin` gives every signal whose handler is a Python callable
+    (SIGINT's KeyboardInterrupt, a SIGALRM timeout, ...) a recording handler;
+    :meth:`end` puts the handlers back and calls the handler of each signal
+    that came meanwhile, once, in order of arrival (raising the first exception
+    a handler raises, after all have run), as if the signals had come a moment
+    later. Signals that are ignored or left at their default action are
+    untouched: they never raise in Python code. On any other thread both are
+    no-ops (Python runs signal handlers on the main thread only).
+
+    ``begin`` declines (returns False, changing nothing) where putting a handler
+    back could lose something: when C code (faulthandler, cysignals) has
+    installed its own OS-level handler over Python's, or where that cannot be
+    checked (only Linux can). Uses ``_signal`` directly: ``signal.signal``
+    converts to enums and costs ten times as much.
     """
 
     __slots__ = ("_caught", "_saved")
@@ -78,36 +87,141 @@ class SignalsDeferred:
         self._saved: list[tuple[int, Any]] = []
         self._caught: list[int] = []
 
-    def __enter__(self) -> None:
+    def begin(self) -> bool:
+        """Start holding signals back; False if that cannot be done safely here."""
         if _thread.get_ident() != threading.main_thread().ident:
-            return
+            return True
         handlers = list(map(_signal.getsignal, _CATCHABLE))
-        python_handled = compress(zip(_CATCHABLE, handlers, strict=True), map(callable, handlers))
+        python_handled = list(
+            compress(zip(_CATCHABLE, handlers, strict=True), map(callable, handlers))
+        )
+        if not python_handled:
+            return True
+        if not all(_os_handler_is_pythons(signum) for signum, _ in python_handled):
+            return False
+        _active.add(self)
         try:
             for signum, handler in python_handled:
                 # Saved first: put back even if a handler raises right after.
                 self._saved.append((signum, handler))
                 _signal.signal(signum, self._note)
         except BaseException:
-            self._restore()
+            self._put_back()
             raise
+        return True
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self._caught.append(signum)
 
-    def _restore(self) -> None:
-        for signum, handler in reversed(self._saved):
-            _signal.signal(signum, handler)
-        self._saved.clear()
+    def _put_back(self) -> None:
+        """Restore every saved handler, even if some handler raises meanwhile."""
+        saved, self._saved = self._saved, []
+        _active.discard(self)
+        failure: BaseException | None = None
+        for signum, handler in reversed(saved):
+            try:
+                _signal.signal(signum, handler)
+            except BaseException as error:  # (a pending signal's handler ran)
+                failure = failure or error
+                _signal.signal(signum, handler)
+        if failure is not None:
+            raise failure
 
-    def __exit__(self, *exc_info: object) -> None:
+    def end(self) -> None:
+        """Put the handlers back and run those of the signals that came meanwhile."""
         if not self._saved:
             return
+        handlers = dict(self._saved)
         try:
-            self._restore()
-        except BaseException:  # a restored handler raised: finish putting back
-            self._restore()
-            raise
-        caught, self._caught = self._caught, []
-        for signum in dict.fromkeys(caught):
-            _signal.raise_signal(signum)
+            self._put_back()
+        finally:
+            caught, self._caught = self._caught, []
+            _deliver([(signum, handlers[signum]) for signum in dict.fromkeys(caught)])
+
+    def _after_fork_in_child(self) -> None:
+        # Forked while this thread stood in for the IO thread: the child must
+        # get its handlers back (its signals were not ours to hold).
+        self._caught = []
+        self._put_back()
+
+
+def _deliver(pending: list[tuple[int, Any]]) -> None:
+    """Call each handler (a direct call: the signal already reached any wakeup fd)."""
+    failure: BaseException | None = None
+    for signum, handler in pending:
+        try:
+            handler(signum, None)
+        except BaseException as error:
+            failure = failure or error
+    if failure is not None:
+        raise failure
+
+
+class _ForkReset:
+    def _after_fork_in_child(self) -> None:
+        for deferral in list(_active):
+            deferral._after_fork_in_child()
+
+
+_active: set[SignalsDeferred] = set()  # begun, not yet ended (main thread)
+_fork_reset = _ForkReset()
+forksafety.register(_fork_reset)
+
+
+def _os_handler(signum: int) -> int | None:
+    """The address of the OS-level handler of ``signum`` (Linux), else None."""
+    if _sigaction is None or _sigaction(signum, None, _action) != 0:
+        return None
+    return _action_handler.value or 0
+
+
+def _pythons_handler() -> int | None:
+    """The address of CPython's own C signal handler, found once.
+
+    Found by giving an unused real-time signal a Python handler for a moment.
+    Main thread only.
+    """
+    global _PYTHON_HANDLER
+    probe = _PROBE_SIGNAL
+    if (
+        _PYTHON_HANDLER is None
+        and probe is not None
+        and _signal.getsignal(probe) == _signal.SIG_DFL
+    ):
+        _signal.signal(probe, _probe)
+        try:
+            _PYTHON_HANDLER = _os_handler(probe)
+        finally:
+            _signal.signal(probe, _signal.SIG_DFL)
+    return _PYTHON_HANDLER
+
+
+def _probe(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
+def _os_handler_is_pythons(signum: int) -> bool:
+    expected = _pythons_handler()
+    return expected is not None and _os_handler(signum) == expected
+
+
+def _load_sigaction() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.sigaction
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sigaction = _load_sigaction()
+# One buffer, reused (main thread only): any struct sigaction fits, and its
+# first field is the handler everywhere.
+_action = ctypes.create_string_buffer(256)
+_action_handler = ctypes.c_void_p.from_buffer(_action)
+_PYTHON_HANDLER: int | None = None
+_PROBE_SIGNAL: int | None = getattr(signal, "SIGRTMAX", None)

@@ -72,11 +72,12 @@ def send_frames(socket: Any, frames: Sequence[Any], copy: bool = True) -> None:
     """Send ``frames`` as one multipart message on ``socket``. Caller owns the socket.
 
     For a plain ``zmq.Socket`` and ``bytes`` frames, every frame is handed to
-    pyzmq's compiled ``send`` from C (``map`` consumed by a ``deque``): no Python
-    bytecode runs between two frames, so a signal handler that raises cannot
-    leave half a message queued on the socket, and the per-frame flag
-    arithmetic of ``Socket.send_multipart`` (about 15 us a message) is skipped.
-    Anything else goes through ``send_multipart``.
+    pyzmq's compiled ``send`` from C (``map`` consumed by a ``deque``), which
+    skips the per-frame flag arithmetic of ``Socket.send_multipart`` (about
+    15 us a message). Anything else goes through ``send_multipart``. Like it,
+    this is not atomic for signals: pyzmq runs pending signal handlers after
+    each frame, so on the main thread call it with signals held back
+    (:class:`~iostream.exclusive.SignalsDeferred`).
     """
     kind = type(socket)
     if (
@@ -128,6 +129,7 @@ class IOPubThread:
         self._child_text_handler: TextHandler | None = None
         self._child_text_publish: Callable[[], None] | None = None
         self._is_xpub = _socket_type(socket) == zmq.XPUB
+        self._socket_blocking: tuple[Any, bool] = (None, False)
         if self._is_xpub:
             # Without VERBOSE, XPUB passes up only the first subscription to a
             # topic, and later subscribers would never get their welcome.
@@ -296,9 +298,14 @@ class IOPubThread:
         """
         if self._on_io_thread() or not self._is_master_process() or self._selector.wants_lock:
             return False
+        if not self._sends_never_block():
+            return False  # (a blocked send must stay on the IO thread: see there)
         lock = self._executor_lock
+        deferral = SignalsDeferred()
         try:
-            with SignalsDeferred():
+            if not deferral.begin():
+                return False
+            try:
                 if not lock.acquire(blocking=False):
                     return False
                 try:
@@ -312,6 +319,8 @@ class IOPubThread:
                         self._exclusive_ident = None
                 finally:
                     lock.release()
+            finally:
+                deferral.end()
         except BaseException:
             # Only an asynchronous exception can get here with the lock held
             # (between acquire() and the try); a held lock would park the IO
@@ -321,6 +330,18 @@ class IOPubThread:
                 lock.release()
             raise
         return True
+
+    def _sends_never_block(self) -> bool:
+        """Whether a send on the socket returns at once (PUB, XPUB drop at their
+        high-water mark). A send that can block (PUSH without a peer) must never
+        run on a caller whose signals are held back: Ctrl-C could not stop it,
+        and ``flush_timeout`` bounds only a wait for the IO thread."""
+        socket = self.socket
+        cached, never_blocks = self._socket_blocking
+        if cached is not socket:
+            never_blocks = _socket_type(socket) in (zmq.PUB, zmq.XPUB)
+            self._socket_blocking = (socket, never_blocks)
+        return never_blocks
 
     def _enqueue(self, event: Event) -> None:
         if self._child_needs_thread:
