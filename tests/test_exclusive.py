@@ -6,6 +6,7 @@ kernel whatever ``IOSTREAM_IMPL`` says.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import threading
@@ -15,9 +16,10 @@ from typing import Any
 
 import pytest
 import zmq
+from jupyter_client.session import Session
 
 import iostream
-from support import Kernelish, run_python, started_kernel
+from support import KEY, Kernelish, run_python, started_kernel
 
 
 @pytest.fixture
@@ -241,56 +243,85 @@ os._exit(0)
     assert "returned after" in out and "IOStream.flush timed out" in err
 
 
-def test_ctrl_c_during_an_explicit_flush_publishes_the_text_once(ours: Kernelish) -> None:
-    stream = ours.stream()
-    stream.write("warm up\n")
-    stream.flush()
-    interrupted: list[bool] = []
+class RecordingSession(Session):
+    """A real keyed Session that notes which thread sends each stream message."""
 
-    def interrupt_once(msg: dict[str, Any]) -> dict[str, Any]:
-        if not interrupted:
-            interrupted.append(True)
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
-        return msg
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(key=KEY, **kwargs)
+        self.senders: list[int] = []
+        self.on_send: Any = None
 
-    done = threading.Event()
-    ours.thread.schedule(lambda: (stream.register_hook(interrupt_once), done.set()))
-    assert done.wait(5)
-    _asleep(ours)
-    stream.write("progress 1/2\n")
-    with pytest.raises(KeyboardInterrupt):
-        stream.flush()
-    stream.write("progress 2/2\n")
+    def send(self, stream: Any, msg_or_type: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(msg_or_type, dict) and msg_or_type.get("msg_type") == "stream":
+            self.senders.append(threading.get_ident())
+            if self.on_send is not None:
+                self.on_send()
+        return super().send(stream, msg_or_type, *args, **kwargs)
+
+
+def _recording_stream(kernel: Kernelish, text: str) -> tuple[Any, RecordingSession]:
+    session = RecordingSession()
+    stream = iostream.OutStream(session, kernel.thread, "stdout", watchfd=False)
+    kernel.streams.append(stream)
+    stream.write(text)
     stream.flush()
-    ours.receiver.wait_for_text("warm up\nprogress 1/2\nprogress 2/2\n")
-    assert ours.receiver.text() == "warm up\nprogress 1/2\nprogress 2/2\n"
+    kernel.receiver.wait_for_text(text)
+    _asleep(kernel)
+    session.senders.clear()
+    return stream, session
 
 
 def test_progress_bar_flushes_run_on_the_calling_thread(ours: Kernelish) -> None:
     """flush() after each step publishes on the caller, without a round trip
-    through the IO thread (its hooks still apply)."""
-    stream = ours.stream()
-    publishers: list[int] = []
-
-    def note(msg: dict[str, Any]) -> dict[str, Any]:
-        publishers.append(threading.get_ident())
-        return msg
-
-    done = threading.Event()
-    ours.thread.schedule(lambda: (stream.register_hook(note), done.set()))
-    assert done.wait(5)
-    stream.write("start\n")
-    stream.flush()
-    _asleep(ours)
-    publishers.clear()
+    through the IO thread."""
+    stream, session = _recording_stream(ours, "start\n")
     for i in range(50):
         stream.write(f"\r{i}/50")
         stream.flush()
     ours.receiver.wait_for_text("start\n" + "".join(f"\r{i}/50" for i in range(50)))
-    assert len(publishers) == 50  # one message per flush, each through the hook
-    on_caller = publishers.count(threading.get_ident())
+    assert len(session.senders) == 50  # one message per flush
+    on_caller = session.senders.count(threading.get_ident())
     assert on_caller >= 25, f"only {on_caller} of 50 flushes ran on the caller"
+
+
+def test_ctrl_c_during_an_explicit_flush_publishes_the_text_once(ours: Kernelish) -> None:
+    stream, session = _recording_stream(ours, "start\n")
+
+    def interrupt_once() -> None:
+        session.on_send = None
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+
+    session.on_send = interrupt_once
+    stream.write("progress 1/2\n")
+    with pytest.raises(KeyboardInterrupt):
+        stream.flush()
+    assert session.senders == [threading.get_ident()]  # it ran here, and was not cut
+    stream.write("progress 2/2\n")
+    stream.flush()
+    ours.receiver.wait_for_text("start\nprogress 1/2\nprogress 2/2\n")
+    assert ours.receiver.text() == "start\nprogress 1/2\nprogress 2/2\n"
+
+
+def test_hooks_and_echo_keep_publishing_on_the_io_thread(ours: Kernelish) -> None:
+    """User code (a hook, an echo target) may block; with signals held back
+    Ctrl-C could not stop it, so such streams never publish on the caller."""
+    stream, session = _recording_stream(ours, "first\n")
+    done = threading.Event()
+    ours.thread.schedule(lambda: (stream.register_hook(lambda msg: msg), done.set()))
+    assert done.wait(5)
+    _asleep(ours)
+    stream.write("hooked\n")
+    stream.flush()
+    assert session.senders == [ours.thread.thread.ident]
+
+    echoed, echo_session = _recording_stream(ours, "second\n")
+    echoed.echo = io.StringIO()
+    _asleep(ours)
+    echoed.write("echoed\n")
+    echoed.flush()
+    assert echo_session.senders == [ours.thread.thread.ident]
+    assert echoed.echo.getvalue() == "echoed\n"
 
 
 def test_a_caller_flushing_in_a_tight_loop_does_not_starve_the_io_thread(

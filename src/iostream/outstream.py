@@ -174,6 +174,17 @@ class _StreamGroup:
             if self.armed and self.arm_count == ticket and not self.forked:
                 self.hot = True
 
+    def runs_no_user_code(self) -> bool:
+        """Whether publishing calls no hook and flushes no echo target. Any thread.
+
+        Only then may a caller publish with its signals held back
+        (``run_exclusive``): user code could block there, and Ctrl-C could not
+        stop it.
+        """
+        return not any(
+            stream._io_hooks or stream._echo is not None for stream in list(self.members.values())
+        )
+
     def pack_parent(self, parent: Parent) -> bytes:
         """``parent`` as JSON, cached for the latest parent. Publishing thread."""
         last, packed = self.packed_parent
@@ -520,7 +531,11 @@ class OutStream(io.TextIOBase):
         if thread is None or _on_thread_of(thread) or not _thread_running(thread):
             self._run_on(thread, self._flush)
             return
-        if isinstance(thread, IOPubThread) and thread.run_exclusive(self._flush):
+        if (
+            isinstance(thread, IOPubThread)
+            and self._group.runs_no_user_code()
+            and thread.run_exclusive(self._flush)
+        ):
             return  # published here, in order, without a round trip
         done = Completion()
         thread.schedule(self._flush)
