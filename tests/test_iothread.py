@@ -109,6 +109,29 @@ def test_flush_timeout_returns_false(kernel: Kernelish) -> None:
     assert kernel.thread.flush(5) is True
 
 
+def test_close_leaves_the_socket_to_a_thread_that_did_not_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A zmq socket must never be closed under a thread that may still use it."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    socket = context.socket(zmq.PUB)
+    socket.linger = 0
+    thread = iostream.IOPubThread(socket)
+    thread.stop_timeout = 0.2
+    thread.start()
+    release = threading.Event()
+    thread.schedule(release.wait, 10)
+    with caplog.at_level(logging.WARNING, logger="iostream"):
+        thread.close()
+    assert thread.closed and not socket.closed
+    assert "left open" in caplog.text
+    release.set()
+    thread.thread.join(5)
+    assert not thread.thread.is_alive()
+    socket.close()
+    context.term()
+
+
 def test_stop_runs_everything_scheduled_then_returns(impl: ModuleType) -> None:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     thread = impl.IOPubThread(context.socket(zmq.PUB))

@@ -247,13 +247,21 @@ class IOPubThread:
         self._close_pipes()
 
     def close(self) -> None:
-        """Stop the thread if needed, then close the IOPub socket. Idempotent."""
+        """Stop the thread if needed, then close the IOPub socket. Idempotent.
+
+        If the thread did not stop (a scheduled call blocks past ``stop_timeout``)
+        the socket is left open, as that thread may still be using it; later
+        sends are dropped with a warning. Any thread.
+        """
         if self.closed:
             return
         if not self._on_io_thread():
             self.stop()
+        still_running = self.thread.is_alive() and not self._on_io_thread()
         socket, self.socket = self.socket, None
-        if socket is not None and hasattr(socket, "close"):
+        if still_running:
+            logger.warning("iostream: IOPub socket left open: the thread is still running")
+        elif socket is not None and hasattr(socket, "close"):
             socket.close()
 
     def add_stop_callback(self, callback: Callable[[], None]) -> None:
