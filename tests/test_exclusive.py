@@ -358,3 +358,56 @@ def test_a_caller_flushing_in_a_tight_loop_does_not_starve_the_io_thread(
     prober.join(15)
     assert waits, "the probe never ran"
     assert max(waits) < 0.5, f"the IO thread waited up to {max(waits):.3f} s for its turn"
+
+
+def test_held_back_handlers_get_the_callers_frame(
+    ours: Kernelish, handlers: dict[str, list[int]]
+) -> None:
+    """pdb's SIGINT handler stops in the frame it is given: that must be the
+    user's code, not the library's."""
+    _asleep(ours)
+    frames: list[Any] = []
+    previous = signal.signal(signal.SIGUSR2, lambda n, f: frames.append(f))
+    try:
+        assert ours.thread.run_exclusive(lambda: os.kill(os.getpid(), signal.SIGUSR2))
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert len(frames) == 1 and frames[0] is not None
+    assert frames[0].f_code.co_name == "test_held_back_handlers_get_the_callers_frame"
+
+
+def test_a_recorder_left_installed_repairs_itself() -> None:
+    """If putting the handlers back is cut short (a handler put back raised),
+    the recorder still installed acts as the real handler when its signal comes,
+    and puts it back: Ctrl-C keeps working."""
+    from iostream.exclusive import SignalsDeferred
+
+    deferral = SignalsDeferred()
+    assert deferral.begin()
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    deferral._ending = True  # as if end() had been cut short before SIGINT
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    deferral.end()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_probing_for_pythons_handler_never_touches_a_c_handler() -> None:
+    """The probe signal (SIGRTMAX) may carry a handler installed from C that
+    Python does not know of: it must be left alone (else the next such signal
+    kills the process)."""
+    code = """
+import faulthandler, os, signal, sys
+faulthandler.register(signal.SIGRTMAX, file=sys.stderr)
+from iostream.exclusive import SignalsDeferred
+deferral = SignalsDeferred()
+print("begin", deferral.begin())
+deferral.end()
+os.kill(os.getpid(), signal.SIGRTMAX)
+print("survived")
+"""
+    code_rc, out, err = run_python(code, timeout=60)
+    assert code_rc == 0, (code_rc, err)
+    assert "begin False" in out and "survived" in out

@@ -19,6 +19,7 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]
 import _thread
 import ctypes
+import os
 import selectors
 import signal
 import sys
@@ -81,11 +82,13 @@ class SignalsDeferred:
     converts to enums and costs ten times as much.
     """
 
-    __slots__ = ("_caught", "_saved")
+    __slots__ = ("_caught", "_ending", "_handlers", "_saved")
 
     def __init__(self) -> None:
-        self._saved: list[tuple[int, Any]] = []
+        self._saved: list[tuple[int, Any]] = []  # swapped, not yet put back
+        self._handlers: dict[int, Any] = {}  # every handler swapped (never cleared)
         self._caught: list[int] = []
+        self._ending = False
 
     def begin(self) -> bool:
         """Start holding signals back; False if that cannot be done safely here."""
@@ -103,40 +106,53 @@ class SignalsDeferred:
         try:
             for signum, handler in python_handled:
                 # Saved first: put back even if a handler raises right after.
+                self._handlers[signum] = handler
                 self._saved.append((signum, handler))
                 _signal.signal(signum, self._note)
         except BaseException:
-            self._put_back()
+            self.end()
             raise
         return True
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
-        self._caught.append(signum)
+        if not self._ending:
+            self._caught.append(signum)
+            return
+        # Still installed after end() began: end() was cut short (a handler it
+        # put back raised). Repair on the spot and act as the real handler.
+        handler = self._handlers[signum]
+        _signal.signal(signum, handler)
+        handler(signum, frame)
 
     def _put_back(self) -> None:
-        """Restore every saved handler, even if some handler raises meanwhile."""
-        saved, self._saved = self._saved, []
-        _active.discard(self)
+        """Restore every saved handler, even if handlers raise meanwhile.
+
+        A recorder left installed by an exception that escapes anyway repairs
+        itself when its signal next comes (see ``_note``).
+        """
+        self._ending = True
         failure: BaseException | None = None
-        for signum, handler in reversed(saved):
+        while self._saved:
+            signum, handler = self._saved[-1]
             try:
                 _signal.signal(signum, handler)
+                self._saved.pop()
             except BaseException as error:  # (a pending signal's handler ran)
                 failure = failure or error
-                _signal.signal(signum, handler)
+        _active.discard(self)
         if failure is not None:
             raise failure
 
     def end(self) -> None:
         """Put the handlers back and run those of the signals that came meanwhile."""
-        if not self._saved:
+        if not self._handlers:
             return
-        handlers = dict(self._saved)
         try:
             self._put_back()
         finally:
             caught, self._caught = self._caught, []
-            _deliver([(signum, handlers[signum]) for signum in dict.fromkeys(caught)])
+            pending = [(signum, self._handlers[signum]) for signum in dict.fromkeys(caught)]
+            _deliver(pending, _callers_frame())
 
     def _after_fork_in_child(self) -> None:
         # Forked while this thread stood in for the IO thread: the child must
@@ -145,16 +161,24 @@ class SignalsDeferred:
         self._put_back()
 
 
-def _deliver(pending: list[tuple[int, Any]]) -> None:
+def _deliver(pending: list[tuple[int, Any]], frame: FrameType | None) -> None:
     """Call each handler (a direct call: the signal already reached any wakeup fd)."""
     failure: BaseException | None = None
     for signum, handler in pending:
         try:
-            handler(signum, None)
+            handler(signum, frame)
         except BaseException as error:
             failure = failure or error
     if failure is not None:
         raise failure
+
+
+def _callers_frame() -> FrameType | None:
+    """The innermost frame outside this package (what a handler would have got)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    return frame
 
 
 class _ForkReset:
@@ -178,21 +202,28 @@ def _os_handler(signum: int) -> int | None:
 def _pythons_handler() -> int | None:
     """The address of CPython's own C signal handler, found once.
 
-    Found by giving an unused real-time signal a Python handler for a moment.
-    Main thread only.
+    Found by giving an unused real-time signal (default action at both the
+    Python and the OS level) a Python handler for a moment, with the signal
+    blocked meanwhile. Main thread only.
     """
     global _PYTHON_HANDLER
     probe = _PROBE_SIGNAL
     if (
-        _PYTHON_HANDLER is None
-        and probe is not None
-        and _signal.getsignal(probe) == _signal.SIG_DFL
+        _PYTHON_HANDLER is not None
+        or probe is None
+        or _signal.getsignal(probe) != _signal.SIG_DFL
+        or _os_handler(probe) != 0
     ):
+        return _PYTHON_HANDLER
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {probe})
+    try:
         _signal.signal(probe, _probe)
         try:
             _PYTHON_HANDLER = _os_handler(probe)
         finally:
             _signal.signal(probe, _signal.SIG_DFL)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return _PYTHON_HANDLER
 
 
@@ -219,6 +250,7 @@ def _load_sigaction() -> Any:
 
 
 _sigaction = _load_sigaction()
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # One buffer, reused (main thread only): any struct sigaction fits, and its
 # first field is the handler everywhere.
 _action = ctypes.create_string_buffer(256)
