@@ -15,7 +15,6 @@ import os
 import select
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 from .completion import Completion
@@ -26,13 +25,16 @@ logger = logging.getLogger("iostream")
 #: Bytes asked of the pipe per read.
 READ_SIZE = 1 << 16
 
-#: After a read that did not fill the buffer, the reader waits this long before
-#: looking again, so that a burst of small writes is read in a few large reads
-#: rather than one wake-up per write. Well under the 2 ms idle delay of output.
-GATHER_SECONDS = 0.0005
+#: After a read that did not fill the buffer, the reader waits this long (in ms,
+#: the granularity of ``poll``) before reading again, so that a burst of small
+#: writes is read in a few large reads rather than one wake-up per write. A
+#: ``STOP`` or ``SYNC`` request ends the wait at once.
+GATHER_MS = 1
 #: Size the pipe is enlarged to (Linux ``F_SETPIPE_SZ``).
 PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
+_F_GETPIPE_SZ = 1032
+_DEFAULT_PIPE_SIZE = 1 << 16
 #: Requests on the control pipe.
 STOP = b"x"
 SYNC = b"s"
@@ -63,6 +65,8 @@ class FdCapture:
         self._finished = False  # the reader has ended (guarded by _waiters_lock)
         os.set_blocking(self._stop_write, False)  # a request never blocks its sender
         self._pipe_size = _enlarge_pipe(write_fd)
+        # A read this large means more is waiting: read again without gathering.
+        self._gather_below = min(READ_SIZE, self._pipe_size)
         os.dup2(write_fd, fd)
         os.close(write_fd)  # fd itself now holds the write end
         self.thread: threading.Thread | None = None
@@ -82,6 +86,8 @@ class FdCapture:
         poller = select.poll()
         poller.register(self.read_fd, select.POLLIN)
         poller.register(self._stop_read, select.POLLIN)
+        control = select.poll()  # the control pipe alone: ends a gathering wait
+        control.register(self._stop_read, select.POLLIN)
         try:
             while True:
                 ready = {fd for fd, _ in poller.poll()}
@@ -100,8 +106,8 @@ class FdCapture:
                     return
                 self._handle(data)
                 self._busy = False
-                if len(data) < READ_SIZE:
-                    time.sleep(GATHER_SECONDS)
+                if len(data) < self._gather_below:
+                    control.poll(GATHER_MS)
         finally:
             self._busy = False
             with self._waiters_lock:
@@ -223,7 +229,10 @@ def _enlarge_pipe(fd: int) -> int:
     for size in (PIPE_SIZE, PIPE_SIZE // 4):
         with contextlib.suppress(OSError):
             return int(fcntl.fcntl(fd, _F_SETPIPE_SZ, size))
-    return PIPE_SIZE
+    # Not enlarged (the user's pipe quota is used up): the size it has.
+    with contextlib.suppress(OSError):
+        return int(fcntl.fcntl(fd, _F_GETPIPE_SZ))
+    return _DEFAULT_PIPE_SIZE
 
 
 def _readable(fd: int) -> bool:
