@@ -411,3 +411,41 @@ print("survived")
     code_rc, out, err = run_python(code, timeout=60)
     assert code_rc == 0, (code_rc, err)
     assert "begin False" in out and "survived" in out
+
+
+def test_a_socket_that_would_block_hands_the_send_to_the_io_thread() -> None:
+    """XPUB_NODROP blocks at the high-water mark, and pyzmq cannot tell that
+    the option is set. A flush that meets it must stay interruptible: the send
+    goes to the IO thread and the caller waits as usual (Ctrl-C works)."""
+    code = """
+import os, signal, threading, time, zmq, iostream
+from jupyter_client.session import Session
+ctx = zmq.Context()
+pub = ctx.socket(zmq.XPUB)
+pub.linger = 0
+pub.setsockopt(zmq.XPUB_NODROP, 1)
+pub.sndhwm = 1
+port = pub.bind_to_random_port("tcp://127.0.0.1")
+sub = ctx.socket(zmq.SUB)
+sub.rcvhwm = 1
+sub.connect(f"tcp://127.0.0.1:{port}")
+sub.subscribe(b"")
+pub.recv()  # subscribed; sub never reads again
+thread = iostream.IOPubThread(pub, session=Session(key=b"k"))
+thread.start()
+out = iostream.OutStream(Session(key=b"k"), thread, "stdout", watchfd=False)
+out.flush_interval = 60.0  # no timer flush: the flushes below meet the full socket
+threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+started = time.monotonic()
+try:
+    for i in range(100_000):
+        out.write("x" * 65536 + "\\n")
+        out.flush()
+    print("never blocked")
+except KeyboardInterrupt:
+    print("interrupted after", round(time.monotonic() - started, 1))
+os._exit(0)
+"""
+    code_rc, out, err = run_python(code, timeout=30)
+    assert code_rc == 0, err
+    assert "interrupted after" in out, (out, err)

@@ -65,10 +65,12 @@ Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], bool]
 _compiled_send: Any = (
     None if type(zmq.backend.Socket.send).__name__ == "function" else zmq.backend.Socket.send
 )
-_more_flags: dict[int, tuple[int, ...]] = {}
+_more_flags: dict[tuple[int, bool], tuple[int, ...]] = {}
 
 
-def send_frames(socket: Any, frames: Sequence[Any], copy: bool = True) -> None:
+def send_frames(
+    socket: Any, frames: Sequence[Any], copy: bool = True, dontwait: bool = False
+) -> None:
     """Send ``frames`` as one multipart message on ``socket``. Caller owns the socket.
 
     For a plain ``zmq.Socket`` and ``bytes`` frames, every frame is handed to
@@ -77,7 +79,10 @@ def send_frames(socket: Any, frames: Sequence[Any], copy: bool = True) -> None:
     15 us a message). Anything else goes through ``send_multipart``. Like it,
     this is not atomic for signals: pyzmq runs pending signal handlers after
     each frame, so on the main thread call it with signals held back
-    (:class:`~iostream.exclusive.SignalsDeferred`).
+    (:class:`~iostream.exclusive.SignalsDeferred`). With ``dontwait`` a socket
+    that would block (``XPUB_NODROP`` at its high-water mark) raises
+    ``zmq.Again`` at the first frame, having sent nothing (zmq takes a
+    multipart message whole or not at all).
     """
     kind = type(socket)
     if (
@@ -87,12 +92,14 @@ def send_frames(socket: Any, frames: Sequence[Any], copy: bool = True) -> None:
         or not frames
         or not set(map(type, frames)) <= {bytes}
     ):
-        socket.send_multipart(frames, copy=copy)
+        socket.send_multipart(frames, copy=copy, flags=zmq.DONTWAIT if dontwait else 0)
         return
     count = len(frames)
-    flags = _more_flags.get(count)
+    flags = _more_flags.get((count, dontwait))
     if flags is None:
-        flags = _more_flags[count] = (int(zmq.SNDMORE),) * (count - 1) + (0,)
+        extra = int(zmq.DONTWAIT) if dontwait else 0
+        more = int(zmq.SNDMORE) | extra
+        flags = _more_flags[(count, dontwait)] = (more,) * (count - 1) + (extra,)
     deque(map(_compiled_send, repeat(socket, count), frames, flags, repeat(copy, count)), 0)
 
 
@@ -152,6 +159,8 @@ class IOPubThread:
         # run_exclusive can tell whether it holds it: see there).
         self._executor_lock = threading.RLock()
         self._exclusive_ident: int | None = None  # who runs inside run_exclusive
+        # Threads whose latest exclusive run queued sends (see _send_on_socket).
+        self._spilled: set[int] = set()
         self._ordered_queued = 0  # queued calls that run_exclusive may not overtake
         self._state = _State.NEW
         self._wake_pending = False
@@ -298,7 +307,9 @@ class IOPubThread:
         calls: then running ``f`` here keeps
         every guarantee of :meth:`schedule` (in order after every call
         scheduled before, never beside another) and saves the round trip.
-        Returns whether ``f`` ran; if not, nothing happened. On the main thread,
+        Returns whether ``f`` ran; if not, nothing happened. If ``f`` sent a
+        message the socket could not take at once, that message and the ones
+        after it are queued for the IO thread instead (see :meth:`spilled`). On the main thread,
         signals that Python handles are held back while ``f`` runs and
         delivered once it is done (see :class:`~iostream.exclusive.SignalsDeferred`).
         Exceptions raised by ``f`` are logged, never propagated. Any thread
@@ -321,6 +332,7 @@ class IOPubThread:
                         if self._state is not _State.RUNNING or self._ordered_queued:
                             return False
                     try:
+                        self._spilled.discard(threading.get_ident())
                         self._exclusive_ident = threading.get_ident()
                         self._call(f, (), {})
                     finally:
@@ -350,6 +362,11 @@ class IOPubThread:
             never_blocks = _socket_type(socket) in (zmq.PUB, zmq.XPUB)
             self._socket_blocking = (socket, never_blocks)
         return never_blocks
+
+    def spilled(self) -> bool:
+        """Whether the latest :meth:`run_exclusive` of the calling thread queued
+        sends for the IO thread (so that waiting for them is still to do)."""
+        return threading.get_ident() in self._spilled
 
     def _enqueue(self, event: Event) -> None:
         if self._child_needs_thread:
@@ -460,11 +477,24 @@ class IOPubThread:
         if socket is None:
             self._warn_dropped("the IOPub socket is closed")
             return
+        ident = threading.get_ident()
+        exclusive = self._exclusive_ident == ident
+        if exclusive and ident in self._spilled:
+            self._enqueue((self._send_on_socket, (msg, *args), kwargs, True))
+            return
         try:
             if args or set(kwargs) - {"copy"}:
                 socket.send_multipart(msg, *args, **kwargs)
             else:
-                send_frames(socket, msg, kwargs.get("copy", True))
+                send_frames(socket, msg, kwargs.get("copy", True), dontwait=exclusive)
+        except zmq.Again:
+            # (exclusive only) The socket would block: a send that blocks must
+            # happen on the IO thread, where waits are bounded and Ctrl-C works.
+            # Nothing ordered is queued during an exclusive run, so queueing this
+            # and every later message of the run keeps them in order.
+            self._spilled.add(ident)
+            self._enqueue((self._send_on_socket, (msg, *args), kwargs, True))
+            return
         except (zmq.ZMQError, AttributeError, ValueError) as error:
             self._warn_dropped(f"sending failed: {error}")
         if self._is_xpub and self._on_io_thread():

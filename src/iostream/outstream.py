@@ -535,6 +535,7 @@ class OutStream(io.TextIOBase):
             isinstance(thread, IOPubThread)
             and self._group.runs_no_user_code()
             and thread.run_exclusive(self._flush)
+            and not thread.spilled()
         ):
             return  # published here, in order, without a round trip
         done = Completion()
