@@ -112,23 +112,26 @@ def test_flush_timeout_returns_false(kernel: Kernelish) -> None:
 def test_close_leaves_the_socket_to_a_thread_that_did_not_stop(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A zmq socket must never be closed under a thread that may still use it."""
+    """A zmq socket must never be closed under a thread that may still use it:
+    the thread sends what is queued once it can, then closes the socket."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    socket = context.socket(zmq.PUB)
-    socket.linger = 0
-    thread = iostream.IOPubThread(socket)
+    push, pull = push_pull_pair(context)
+    thread = iostream.IOPubThread(push)
     thread.stop_timeout = 0.2
     thread.start()
     release = threading.Event()
     thread.schedule(release.wait, 10)
+    thread.send_multipart([b"queued behind a slow call"])
     with caplog.at_level(logging.WARNING, logger="iostream"):
         thread.close()
-    assert thread.closed and not socket.closed
-    assert "left open" in caplog.text
+    assert thread.closed and not push.closed
+    assert "still running" in caplog.text
     release.set()
+    assert pull.poll(5000)
+    assert pull.recv_multipart() == [b"queued behind a slow call"]
     thread.thread.join(5)
-    assert not thread.thread.is_alive()
-    socket.close()
+    assert not thread.thread.is_alive() and push.closed
+    pull.close()
     context.term()
 
 

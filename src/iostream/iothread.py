@@ -137,6 +137,7 @@ class IOPubThread:
         self._child_text_publish: Callable[[], None] | None = None
         self._is_xpub = _socket_type(socket) == zmq.XPUB
         self._socket_blocking: tuple[Any, bool] = (None, False)
+        self._close_when_stopped = False  # close() left the socket to the thread
         if self._is_xpub:
             # Without VERBOSE, XPUB passes up only the first subscription to a
             # topic, and later subscribers would never get their welcome.
@@ -188,7 +189,7 @@ class IOPubThread:
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` has been called."""
-        return self.socket is None
+        return self.socket is None or self._close_when_stopped
 
     @property
     def running(self) -> bool:
@@ -259,18 +260,22 @@ class IOPubThread:
         """Stop the thread if needed, then close the IOPub socket. Idempotent.
 
         If the thread did not stop (a scheduled call blocks past ``stop_timeout``)
-        the socket is left open, as that thread may still be using it; later
-        sends are dropped with a warning. Any thread.
+        the socket stays with it, as it may still be using it: the thread sends
+        what is queued once it can, then closes the socket as it ends. Any thread.
         """
         if self.closed:
             return
         if not self._on_io_thread():
             self.stop()
-        still_running = self.thread.is_alive() and not self._on_io_thread()
+        if self.thread.is_alive() and not self._on_io_thread():
+            logger.warning("iostream: IOPub thread still running: it closes the socket")
+            self._close_when_stopped = True
+            return
+        self._close_socket()
+
+    def _close_socket(self) -> None:
         socket, self.socket = self.socket, None
-        if still_running:
-            logger.warning("iostream: IOPub socket left open: the thread is still running")
-        elif socket is not None and hasattr(socket, "close"):
+        if socket is not None and hasattr(socket, "close"):
             socket.close()
 
     def add_stop_callback(self, callback: Callable[[], None]) -> None:
@@ -597,6 +602,8 @@ class IOPubThread:
                 self.io_loop.start()
             finally:
                 self._io_teardown()
+                if self._close_when_stopped:  # close() gave up waiting for us
+                    self._close_socket()
         finally:
             self._executor_lock.release()
 
