@@ -135,6 +135,27 @@ def test_close_leaves_the_socket_to_a_thread_that_did_not_stop(
     context.term()
 
 
+def test_a_send_the_caller_made_nonblocking_is_dropped_not_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``send_multipart(msg, zmq.NOBLOCK)`` on a socket that cannot take it fails
+    like any failed send (logged, dropped): retrying would spin the IO thread."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.linger = 0
+    push.bind("tcp://127.0.0.1:*")  # no peer: nothing can be sent
+    thread = iostream.IOPubThread(push)
+    thread.start()
+    with caplog.at_level(logging.WARNING, logger="iostream"):
+        thread.send_multipart([b"nowhere"], zmq.NOBLOCK)
+        assert thread.flush(5)
+        time.sleep(0.1)
+    assert "dropped" in caplog.text
+    assert len(thread._events) == 0
+    thread.close()
+    context.term()
+
+
 def test_stop_runs_everything_scheduled_then_returns(impl: ModuleType) -> None:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     thread = impl.IOPubThread(context.socket(zmq.PUB))

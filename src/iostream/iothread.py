@@ -485,26 +485,35 @@ class IOPubThread:
         ident = threading.get_ident()
         exclusive = self._exclusive_ident == ident
         if exclusive and ident in self._spilled:
-            self._enqueue((self._send_on_socket, (msg, *args), kwargs, True))
+            self._spill(ident, msg, args, kwargs)
             return
         try:
             if args or set(kwargs) - {"copy"}:
                 socket.send_multipart(msg, *args, **kwargs)
             else:
                 send_frames(socket, msg, kwargs.get("copy", True), dontwait=exclusive)
-        except zmq.Again:
-            # (exclusive only) The socket would block: a send that blocks must
-            # happen on the IO thread, where waits are bounded and Ctrl-C works.
-            # Nothing ordered is queued during an exclusive run, so queueing this
-            # and every later message of the run keeps them in order.
-            self._spilled.add(ident)
-            self._enqueue((self._send_on_socket, (msg, *args), kwargs, True))
+        except zmq.Again as error:
+            if not exclusive:  # (the caller's own NOBLOCK: as any failed send)
+                self._warn_dropped(f"sending failed: {error}")
+                return
+            # The socket would block: a send that blocks must happen on the IO
+            # thread, where waits are bounded and Ctrl-C works.
+            self._spill(ident, msg, args, kwargs)
             return
         except (zmq.ZMQError, AttributeError, ValueError) as error:
             self._warn_dropped(f"sending failed: {error}")
         if self._is_xpub and self._on_io_thread():
             # A send can consume the FD edge that announces a subscription.
             self._io_read_subscriptions()
+
+    def _spill(self, ident: int, msg: list[Any], args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        """Queue a send of an exclusive run for the IO thread, and every later one.
+
+        Nothing ordered is queued during an exclusive run, so queueing this and
+        every later message of the run keeps them in order.
+        """
+        self._spilled.add(ident)
+        self._enqueue((self._send_on_socket, (msg, *args), kw, True))
 
     def _warn_dropped(self, why: str) -> None:
         if not self._warned_no_socket:
