@@ -127,9 +127,58 @@ def test_seed_order_publishes_on_calling_thread_line_by_line() -> None:
     assert [s[2]["text"] for s in session.sent] == ["partial line\n", "next"]
     assert session.threads == [threading.get_ident()] * 2
     first = session.sent[0]
-    assert first[0] == "stdout" and first[1] == "stream"
+    assert first[0] is None and first[1] == "stream"  # None: the socket
     assert first[2] == {"name": "stdout", "text": "partial line\n"}
     assert first[3]["ident"] == b"stream.stdout"
+
+
+class RecordingSession(Session):  # type: ignore[misc]
+    """A real keyed Session that keeps what ``send`` built (and signed)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.built: list[tuple[Any, dict[str, Any]]] = []
+
+    def send(self, stream: Any, msg_or_type: Any, *args: Any, **kwargs: Any) -> Any:
+        msg = super().send(stream, msg_or_type, *args, **kwargs)
+        self.built.append((stream, msg))
+        return msg
+
+
+@pytest.mark.parametrize("order", ["name first", "session first"])
+def test_no_thread_form_with_a_real_session(
+    order: str, impl: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a thread the socket argument of Session.send is None (as ipykernel
+    passes ``self.pub_thread``): a real Session builds and signs the message and
+    sends nothing, and nothing is logged as failed. Passing the stream name there
+    made Session call ``"stdout".send_multipart`` and lose every write."""
+    if order == "name first" and impl is not iostream:
+        pytest.skip("ipykernel's OutStream takes the session first only")
+    session = RecordingSession(key=KEY)
+    if order == "name first":
+        stream = impl.OutStream("stdout", session, None)
+    else:
+        stream = impl.OutStream(session, None, "stdout")
+    parent = session.msg("execute_request", {"code": ""})
+    stream.set_parent(parent)
+    with caplog.at_level("DEBUG", logger="iostream"):
+        stream.write("one line\n")
+        stream.write("rest")
+        stream.flush()
+        stream.close()
+    assert [rec.getMessage() for rec in caplog.records if rec.levelname != "DEBUG"] == []
+    assert [sock for sock, _msg in session.built] == [None] * len(session.built)
+    text = "".join(msg["content"]["text"] for _sock, msg in session.built)
+    assert text == "one line\nrest"
+    for _sock, msg in session.built:
+        assert msg["msg_type"] == "stream"
+        assert msg["content"]["name"] == "stdout"
+        assert msg["parent_header"]["msg_id"] == parent["header"]["msg_id"]
+        # signed with the key: the frames verify
+        frames = session.serialize(msg, ident=b"stream.stdout")
+        idents, rest = session.feed_identities(frames)
+        assert session.deserialize(rest)["content"] == msg["content"]
 
 
 def test_seed_order_close_publishes_the_rest() -> None:
@@ -176,7 +225,7 @@ def test_session_that_prints_does_not_recurse(capfd: pytest.CaptureFixture[str])
         print("hello")
     finally:
         sys.stdout = old
-    assert "[stdout] 'hello\\n'" in capfd.readouterr().out
+    assert "[None] 'hello\\n'" in capfd.readouterr().out
 
 
 # -- TextIOBase behaviour ------------------------------------------------------------

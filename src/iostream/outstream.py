@@ -291,7 +291,7 @@ class OutStream(io.TextIOBase):
 
     ``OutStream(session, pub_thread, name)`` as in ipykernel; the seed documents'
     ``OutStream(name, session, None)`` works too. Without a thread, text is
-    published on the writing thread through ``session.send(name, "stream",
+    published on the writing thread through ``session.send(None, "stream",
     content, parent=..., ident=topic)`` at each newline, ``flush()`` and ``close()``.
     """
 
@@ -305,8 +305,12 @@ class OutStream(io.TextIOBase):
     max_buffer_chars: int = 4 * DEFAULT_MAX_MESSAGE_CHARS
     topic: bytes | None = None
     encoding = "UTF-8"
-    _original_stdstream_copy: int | None = None
-    _original_stdstream_fd: int | None = None
+    # Like ipykernel's, ``_original_stdstream_copy``, ``_original_stdstream_fd`` and
+    # ``watch_fd_thread`` exist only once fd capture was set up: ipykernel's
+    # kernelapp probes ``hasattr(sys.stderr, "_original_stdstream_copy")`` and
+    # opens that descriptor, so a None there kills the kernel at start.
+    _original_stdstream_copy: int
+    _original_stdstream_fd: int
     _fid: int | None = None
     _exc: Any = None
 
@@ -401,7 +405,7 @@ class OutStream(io.TextIOBase):
                 echo_fd = echo.fileno()
             except Exception:
                 echo_fd = None
-            if echo_fd == self._original_stdstream_fd:
+            if echo_fd == self._capture.fd:
                 # Echoing to the captured fd would feed our own pipe: use the copy.
                 raw = io.FileIO(self._capture.original_copy, "w", closefd=False)
                 return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", write_through=True)
@@ -461,8 +465,9 @@ class OutStream(io.TextIOBase):
 
     def fileno(self) -> int:
         """The original descriptor's copy while capturing; else UnsupportedOperation."""
-        if self._original_stdstream_copy is not None:
-            return self._original_stdstream_copy
+        copy: int | None = getattr(self, "_original_stdstream_copy", None)
+        if copy is not None:
+            return copy
         raise io.UnsupportedOperation("fileno")
 
     def write(self, string: str) -> int:
@@ -743,7 +748,10 @@ class OutStream(io.TextIOBase):
     def _send(self, content: dict[str, str], parent: Parent) -> None:
         session = self.session
         if self._publisher is None:
-            session.send(self.name, "stream", content, parent=parent, ident=self.topic)
+            # The first argument is the socket, as ipykernel passes it
+            # (``self.pub_thread``, None here): a real Session then builds and
+            # signs the message and sends nothing, without an error.
+            session.send(None, "stream", content, parent=parent, ident=self.topic)
             return
         pid = os.getpid()
         if getattr(session, "pid", pid) != pid:
