@@ -15,12 +15,36 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 import zmq
 from jupyter_client.session import Session
+
+import iostream.platform
 
 KEY = b"a-test-key-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+# -- skip markers for platform facilities -------------------------------------------
+# Conditions test the facility itself where one can be tested.
+
+#: Where fd-level capture (``watchfd``) runs: OutStream turns it on for Linux and
+#: macOS only (as ipykernel does), and the fd reader needs ``select.poll``.
+FD_CAPTURE_PLATFORM = iostream.platform.CAN_CAPTURE_FDS
+
+needs_fork = pytest.mark.skipif(
+    not hasattr(os, "fork"), reason="needs os.fork (not available on Windows)"
+)
+needs_fd_capture = pytest.mark.skipif(
+    not FD_CAPTURE_PLATFORM,
+    reason="needs fd-level capture (watchfd), which runs on Linux and macOS only",
+)
+needs_proc_fds = pytest.mark.skipif(
+    not Path("/proc/self/fd").is_dir(),
+    reason="counts open fds through /proc/self/fd, which only Linux has",
+)
+#: For Linux-only facilities; each use gives its own reason.
+NOT_LINUX = not sys.platform.startswith("linux")
 
 
 @dataclass
@@ -140,10 +164,34 @@ def started_kernel(impl: ModuleType, socket_type: int) -> Iterator[Kernelish]:
     yield kernel
     for stream in kernel.streams:
         stream.close()
-    thread.stop()
-    thread.close()
+    stop_iopub_thread(thread)
     kernel.receiver.socket.close()
     context.destroy(linger=0)
+
+
+def stop_iopub_thread(thread: Any) -> None:
+    """``thread.stop()`` then ``thread.close()``, for ours or ipykernel's IOPubThread.
+
+    ipykernel's thread (6.29 through 7.x) cancels its event-pipe GC task only after its
+    loop has stopped and then closes the loop, so the task never finishes cancelling
+    and asyncio logs "Task was destroyed but it is pending!" when it is collected.
+    Here that task is cancelled, and awaited, on the thread's still running loop first.
+    """
+    import asyncio
+    import contextlib
+
+    async def cancel_gc_task() -> None:
+        task = getattr(thread, "_event_pipe_gc_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    loop = getattr(getattr(thread, "io_loop", None), "asyncio_loop", None)
+    if hasattr(thread, "_event_pipe_gc_task") and loop is not None and thread.thread.is_alive():
+        asyncio.run_coroutine_threadsafe(cancel_gc_task(), loop).result(timeout=10)
+    thread.stop()
+    thread.close()
 
 
 def run_python(code: str, timeout: float = 60, **env: str) -> tuple[int, str, str]:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from support import run_scenario
+from support import NOT_LINUX, needs_fd_capture, needs_proc_fds, run_scenario
 
-pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/fd").exists(), reason="needs Linux /proc for fd counts"
-)
+# Every scenario captures fds 1/2 (watchfd="force"): POSIX fds and select.poll.
+# (The tests needing more than that say so below.)
+pytestmark = needs_fd_capture
 
 
+# Also POSIX-only in itself: ``echo`` as a program and a shell builtin, ctypes.CDLL(None).
 def test_fd_writes_from_every_source_are_published_and_echoed(tmp_path: Path) -> None:
     run = run_scenario(
         """
@@ -83,6 +84,7 @@ def test_invalid_utf8_becomes_replacement_without_killing_the_reader(tmp_path: P
     assert run.result["text"] == "bad \ufffd\ufffd bytes\nstill reading\n"
 
 
+@needs_proc_fds
 def test_close_publishes_pipe_contents_restores_fds_and_leaks_nothing(tmp_path: Path) -> None:
     """ipykernel stops reading at close, losing what is still in the pipe, and
     never closes the pipe's ends."""
@@ -114,6 +116,11 @@ def test_close_publishes_pipe_contents_restores_fds_and_leaks_nothing(tmp_path: 
     assert r["after"] == r["before"]
 
 
+@pytest.mark.skipif(
+    NOT_LINUX,
+    reason="needs the pipe enlarged to 1 MiB (fcntl F_SETPIPE_SZ, Linux only): elsewhere "
+    "a 1 MiB write with the GIL held blocks on the full pipe forever",
+)
 def test_c_code_holding_the_gil_writes_1mib_without_deadlock(tmp_path: Path) -> None:
     """ctypes.PyDLL keeps the GIL during the call: with a 64 KiB pipe the
     reader thread can never drain it and the write blocks forever."""

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import logging
-import os
 import stat
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 import zmq
 
-from support import Kernelish, run_scenario
+import iostream.platform
+from support import Kernelish, needs_fork, run_scenario
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# Most tests fork (os.fork or multiprocessing's "fork" context) and are marked
+# needs_fork; the ones that only talk to the pipe server also run where it is TCP.
 
 
+@needs_fork
 def test_forked_child_output_arrives_batched_and_authenticated(tmp_path: Path) -> None:
     """ipykernel opens a new context and TCP connection per message: one message
     per line."""
@@ -50,6 +51,7 @@ def test_forked_child_output_arrives_batched_and_authenticated(tmp_path: Path) -
     assert r["parents"] == ["cell"]
 
 
+@needs_fork
 def test_child_exit_without_flush_delivers_through_atexit(tmp_path: Path) -> None:
     run = run_scenario(
         """
@@ -70,6 +72,7 @@ def test_child_exit_without_flush_delivers_through_atexit(tmp_path: Path) -> Non
     assert run.result["ok"]
 
 
+@needs_fork
 def test_parent_pending_text_is_not_republished_by_the_child(tmp_path: Path) -> None:
     run = run_scenario(
         """
@@ -93,6 +96,7 @@ def test_parent_pending_text_is_not_republished_by_the_child(tmp_path: Path) -> 
     assert run.result == {"ok": True, "count": 1}
 
 
+@needs_fork
 def test_multiprocessing_fork_pool_workers_output_arrives(tmp_path: Path) -> None:
     run = run_scenario(
         """
@@ -118,6 +122,7 @@ def test_multiprocessing_fork_pool_workers_output_arrives(tmp_path: Path) -> Non
     assert run.result == {"ok": True, "results": True}
 
 
+@needs_fork
 def test_fork_while_other_threads_write_and_flush_never_hangs(tmp_path: Path) -> None:
     """ipykernel: a fork while another thread holds the buffer lock leaves the
     child's lock held forever."""
@@ -158,10 +163,12 @@ def test_fork_while_other_threads_write_and_flush_never_hangs(tmp_path: Path) ->
     assert run.result == {"hung": 0, "ok": True}
 
 
+@pytest.mark.skipif(
+    iostream.platform.PIPE_TRANSPORT == "tcp",
+    reason="no ipc:// transport (Windows, or forced with IOSTREAM_PLATFORM): loopback TCP",
+)
 def test_subprocess_pipe_is_private_ipc(kernel: Kernelish) -> None:
     """ipykernel binds the pipe on TCP 127.0.0.1, reachable by any local user."""
-    if sys.platform == "win32":
-        pytest.skip("Windows keeps loopback TCP")
     endpoint = kernel.thread._pipe_server.endpoint
     assert endpoint.startswith("ipc://")
     directory = Path(endpoint[len("ipc://") :]).parent
@@ -187,6 +194,7 @@ def test_messages_with_a_wrong_key_are_logged_never_published(
     intruder.close()
 
 
+@needs_fork
 def test_child_text_keeps_parent_with_dates_and_replaces_lone_surrogates(
     tmp_path: Path,
 ) -> None:
@@ -250,6 +258,7 @@ def test_malformed_child_records_are_logged_and_output_continues(
     assert kernel.receiver.text() == "still alive\n"
 
 
+@needs_fork
 def test_concurrent_children_never_interleave_within_a_line(tmp_path: Path) -> None:
     """Children writing lines in pieces at the same time: each line arrives whole
     (a child is line-buffered), none is lost or duplicated, each child's lines in
@@ -294,6 +303,7 @@ def test_concurrent_children_never_interleave_within_a_line(tmp_path: Path) -> N
     assert run.result == {"ok": True, "count": 1200, "whole": True, "ordered": True}
 
 
+@needs_fork
 def test_child_partial_line_is_delivered_at_normal_exit(tmp_path: Path) -> None:
     """A child that never wrote a newline and exits normally: atexit stops the
     thread, whose stop callbacks publish the partial line to the parent."""
@@ -316,6 +326,7 @@ def test_child_partial_line_is_delivered_at_normal_exit(tmp_path: Path) -> None:
     assert run.result == {"ok": True, "text": "partial, no newline"}
 
 
+@needs_fork
 def test_child_text_is_published_before_the_childs_later_messages(tmp_path: Path) -> None:
     """print, flush, then display_data in a child (what IPython's display does):
     the frontend must see the printed text first."""
@@ -349,6 +360,7 @@ def test_child_text_is_published_before_the_childs_later_messages(tmp_path: Path
     assert run.result["kinds"] == ["warm\n", "printed first\n", "display_data"], run.result
 
 
+@needs_fork
 def test_busy_children_do_not_starve_the_parents_flush(tmp_path: Path) -> None:
     """Children printing as fast as they can must not keep the parent's IO thread
     from running the parent's own flushes (each bounded by flush_timeout)."""

@@ -1,4 +1,4 @@
-"""IOPubThread and BackgroundSocket: the COMPAT.md sections of those names."""
+"""IOPubThread and BackgroundSocket: the docs/compat.md sections of those names."""
 
 from __future__ import annotations
 

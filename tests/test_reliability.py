@@ -1,9 +1,10 @@
-"""Nothing lost, nothing hung: the defects COMPAT.md lists, and stress and fuzz."""
+"""Nothing lost, nothing hung: the defects docs/compat.md lists, and stress and fuzz."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -16,14 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jupyter_client.session import Session
 
-from support import KEY, Kernelish, run_scenario
+from support import KEY, NOT_LINUX, Kernelish, needs_fd_capture, needs_proc_fds, run_scenario
 
 
 def _open_fds() -> int:
     return len(os.listdir(f"/proc/{os.getpid()}/fd"))
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+@needs_proc_fds
 def test_thousands_of_short_lived_threads_open_no_fds(kernel: Kernelish) -> None:
     """ipykernel opens a zmq socket per writing thread (and reaps them every
     10 s): past ~1,000 threads the process runs out of file descriptors."""
@@ -153,6 +154,11 @@ def test_a_write_racing_a_flush_is_not_stranded(kernel: Kernelish) -> None:
     kernel.receiver.wait_for(lambda _m: kernel.receiver.text() == "abc", timeout=5)
 
 
+@pytest.mark.skipif(
+    NOT_LINUX,
+    reason="bounds peak RSS from resource.getrusage: ru_maxrss is in KiB on Linux only "
+    "(bytes on macOS; no resource module on Windows)",
+)
 def test_flood_is_split_and_memory_stays_bounded(tmp_path: Path) -> None:
     run = run_scenario(
         """
@@ -190,6 +196,10 @@ def test_flood_is_split_and_memory_stays_bounded(tmp_path: Path) -> None:
     assert r["maxrss_mb"] < 400, r
 
 
+@pytest.mark.skipif(
+    not hasattr(signal, "setitimer"),
+    reason="interrupts through SIGALRM and signal.setitimer, which Windows lacks",
+)
 def test_keyboard_interrupt_during_write_and_flush(tmp_path: Path) -> None:
     """A user interrupting a printing loop: the stream survives, nothing is
     corrupted, every write that returned is published whole."""
@@ -246,6 +256,7 @@ def test_keyboard_interrupt_during_write_and_flush(tmp_path: Path) -> None:
     assert r["interrupts"] > 0
 
 
+@needs_fd_capture
 def test_random_bytes_through_fd_capture(tmp_path: Path) -> None:
     run = run_scenario(
         """
@@ -271,6 +282,7 @@ def test_random_bytes_through_fd_capture(tmp_path: Path) -> None:
     assert run.result == {"ok": True, "equal": True}
 
 
+@needs_fd_capture  # its streams capture fds 1/2 (watchfd="force")
 def test_shutdown_is_clean(tmp_path: Path) -> None:
     """No 'Task was destroyed but it is pending', no ResourceWarning."""
     run = run_scenario(

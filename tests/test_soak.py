@@ -11,11 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from support import run_scenario
+from support import NOT_LINUX, run_scenario
 
 pytestmark = [
     pytest.mark.soak,
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
+    pytest.mark.skipif(
+        NOT_LINUX,
+        reason="Linux only: counts fds through /proc, reads ru_maxrss as KiB, and "
+        "also needs os.fork, SIGALRM/setitimer and fd capture",
+    ),
 ]
 
 SECONDS = float(os.environ.get("IOSTREAM_SOAK_SECONDS", "60"))

@@ -9,6 +9,8 @@ Subcommands:
 ``install``
     Write a Jupyter kernelspec whose ``argv`` is
     ``[sys.executable, "-m", "iostream", "kernel", "-f", "{connection_file}"]``.
+``uninstall``
+    Remove such a kernelspec again (run it before ``pip uninstall kernel-iostream``).
 ``demo``
     Start such a kernel (no installed kernelspec needed), run a built-in notebook that
     uses every output path, and print what a frontend receives and when.
@@ -42,8 +44,10 @@ __all__ = [
     "kernel_argv",
     "kernel_dict",
     "main",
+    "prog_name",
     "run_demo",
     "run_kernel",
+    "uninstall_kernelspec",
 ]
 
 #: Default kernelspec name written by ``install``.
@@ -159,6 +163,73 @@ def install_kernelspec(
             str(src), kernel_name=name, user=user, prefix=prefix
         )
     return dest
+
+
+def kernels_dir(*, user: bool = False, prefix: str | None = None) -> Path:
+    """Return the kernelspec directory that ``install`` writes to for these options.
+
+    Guarantees: the per-user kernels directory with ``user``, else
+    ``PREFIX/share/jupyter/kernels`` with ``prefix``, otherwise the system-wide one, as
+    :func:`install_kernelspec` (jupyter_client) chooses them. Reads nothing on disk.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_core.paths import SYSTEM_JUPYTER_PATH
+
+    if user:
+        return Path(KernelSpecManager().user_kernel_dir)
+    if prefix:
+        return Path(os.path.abspath(prefix)) / "share" / "jupyter" / "kernels"
+    return Path(SYSTEM_JUPYTER_PATH[0]) / "kernels"
+
+
+def is_iostream_kernelspec(spec_dir: Path) -> bool:
+    """Return whether ``spec_dir/kernel.json`` launches an iostream kernel.
+
+    Guarantees: True only when its ``argv`` runs ``-m iostream kernel`` (what
+    :func:`kernel_argv` writes); False for unreadable or other kernelspecs.
+    """
+    try:
+        spec = json.loads((spec_dir / "kernel.json").read_text(encoding="utf-8"))
+        argv = list(spec["argv"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return any(argv[i : i + 3] == ["-m", "iostream", "kernel"] for i in range(len(argv)))
+
+
+def uninstall_kernelspec(
+    *,
+    name: str = DEFAULT_KERNEL_NAME,
+    user: bool = False,
+    prefix: str | None = None,
+    anywhere: bool = False,
+) -> Path:
+    """Remove an installed iostream kernelspec; return the directory removed.
+
+    Guarantees: with ``anywhere`` the spec removed is the one Jupyter finds under
+    ``name`` (the first in its search path, as ``jupyter kernelspec uninstall`` does);
+    otherwise it is ``NAME`` in :func:`kernels_dir` for ``user``/``prefix``, the place
+    ``install`` wrote it. Raises :class:`FileNotFoundError` when there is no such
+    kernelspec and :class:`ValueError` (removing nothing) when the kernelspec found
+    does not launch an iostream kernel, so another kernel's spec is never removed.
+    """
+    if anywhere:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        found = KernelSpecManager().find_kernel_specs().get(name.lower())
+        if found is None:
+            raise FileNotFoundError(f"no kernelspec named {name!r} is installed")
+        spec_dir = Path(found)
+    else:
+        spec_dir = kernels_dir(user=user, prefix=prefix) / name
+        if not (spec_dir / "kernel.json").is_file():
+            raise FileNotFoundError(f"no kernelspec named {name!r} in {spec_dir.parent}")
+    if not is_iostream_kernelspec(spec_dir):
+        raise ValueError(
+            f"{spec_dir} is not an iostream kernelspec (its argv does not run "
+            "'-m iostream kernel'); remove it with 'jupyter kernelspec uninstall' instead"
+        )
+    shutil.rmtree(spec_dir)
+    return spec_dir
 
 
 # ---------------------------------------------------------------------------
@@ -475,6 +546,28 @@ def _demo_env() -> dict[str, str]:
     return env
 
 
+def notebook_kernelspec(name: str) -> tuple[dict[str, str], bool]:
+    """Return the ``metadata.kernelspec`` of a notebook meant to open on kernelspec ``name``.
+
+    Guarantees: ``{"name", "display_name", "language"}`` of the kernelspec Jupyter finds
+    under ``name`` when it is installed, and whether it is; otherwise ``name`` with the
+    display name ``install`` would give it (:data:`DEFAULT_DISPLAY_NAME` for the default
+    name, else ``name``) and ``False``. Any thread.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except (NoSuchKernel, OSError, ValueError):
+        display = DEFAULT_DISPLAY_NAME if name == DEFAULT_KERNEL_NAME else name
+        return {"name": name, "display_name": display, "language": "python"}, False
+    return {
+        "name": name,
+        "display_name": spec.display_name or name,
+        "language": spec.language or "python",
+    }, True
+
+
 def run_demo(
     *,
     timeout: float = 60.0,
@@ -482,6 +575,7 @@ def run_demo(
     save: str | None = None,
     stock: bool = False,
     verbose: bool = False,
+    kernel_name: str | None = None,
     out: Callable[[str], None] = print,
 ) -> int:
     """Run :data:`DEMO_CELLS` on a freshly started kernel and report every output.
@@ -491,7 +585,9 @@ def run_demo(
     kernel is ipykernel's own launcher instead, for comparison. Every wait is bounded:
     startup by ``timeout``, each cell by ``timeout + settle`` seconds. The kernel is shut
     down (and killed if it does not stop) and the temporary directory removed before
-    returning. With ``save`` the executed notebook is written there as ``.ipynb``. The
+    returning. With ``save`` the executed notebook is written there as ``.ipynb``; its
+    ``metadata.kernelspec`` names ``kernel_name`` (default: the kernelspec ``install``
+    writes, ``python3`` with ``stock``), see :func:`notebook_kernelspec`. The
     kernel process's own stdout/stderr (its terminal) goes to a log that is printed at
     the end if a cell failed or ``verbose`` is set.
     Returns 0 when every cell finished with status ``ok`` and produced all its expected
@@ -563,9 +659,12 @@ def run_demo(
                 out("\n--- the kernel's own stdout/stderr ---")
                 out(kernel_log.rstrip("\n") or "(empty)")
     if save:
+        if kernel_name is None:
+            kernel_name = "python3" if stock else DEFAULT_KERNEL_NAME
+        kernelspec, installed = notebook_kernelspec(kernel_name)
         notebook = {
             "cells": cells_out,
-            "metadata": {"kernelspec": {"name": name, "display_name": "iostream demo"}},
+            "metadata": {"kernelspec": kernelspec},
             "nbformat": 4,
             "nbformat_minor": 5,
         }
@@ -574,7 +673,15 @@ def run_demo(
         with open(save, "w", encoding="utf-8") as f:
             json.dump(notebook, f, indent=1)
             f.write("\n")
-        out(f"\nexecuted notebook written to {save}")
+        out(f"\nexecuted notebook written to {save} (kernelspec {kernel_name})")
+        if not installed:
+            launcher = "ipykernel" if stock else "iostream"
+            default = "python3" if stock else DEFAULT_KERNEL_NAME
+            name_option = "" if kernel_name == default else f" --name {kernel_name}"
+            out(
+                f"kernelspec {kernel_name} is not installed; to open the notebook on it, run: "
+                f"python -m {launcher} install --user{name_option}"
+            )
     out("")
     out(f"{len(DEMO_CELLS) - failures}/{len(DEMO_CELLS)} cells ok")
     return 1 if failures else 0
@@ -585,10 +692,49 @@ def run_demo(
 # ---------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the ``python -m iostream`` argument parser (with every subcommand's help)."""
+def prog_name(argv0: str | None = None) -> str:
+    """Return the program name for usage lines: how the user started this command.
+
+    Guarantees: ``"python -m iostream"`` when ``argv0`` (default ``sys.argv[0]``) is the
+    package's ``__main__.py`` (or empty, ``-c``, ``-m``), else the file name of
+    ``argv0`` without ``.exe``, e.g. ``kernel-iostream`` for the console script.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    base = os.path.basename(argv0)
+    if base in ("", "-c", "-m", "__main__.py", "__main__"):
+        return "python -m iostream"
+    return base[:-4] if base.lower().endswith(".exe") else base
+
+
+def _add_location_options(parser: argparse.ArgumentParser, verb: str, into: str) -> None:
+    """Add ``--user``/``--sys-prefix``/``--prefix`` (mutually exclusive) and ``--name``."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--user",
+        action="store_true",
+        help=f"{verb} {into} the current user's kernels (~/.local/share/jupyter/kernels on Linux)",
+    )
+    where.add_argument(
+        "--sys-prefix",
+        action="store_true",
+        help=f"{verb} {into} sys.prefix (the current virtualenv or conda env)",
+    )
+    where.add_argument(
+        "--prefix", metavar="PREFIX", help=f"{verb} {into} PREFIX/share/jupyter/kernels"
+    )
+    parser.add_argument(
+        "--name", default=DEFAULT_KERNEL_NAME, help="kernelspec name (default: %(default)s)"
+    )
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """Return the command-line parser (with every subcommand's help).
+
+    Guarantees: usage and help lines name ``prog`` (default :func:`prog_name`), so the
+    ``kernel-iostream`` script and ``python -m iostream`` each describe themselves.
+    """
     parser = argparse.ArgumentParser(
-        prog="python -m iostream",
+        prog=prog_name() if prog is None else prog,
         description=(
             "Run an IPython kernel whose stdout/stderr capture is kernel-iostream instead of "
             "ipykernel.iostream, install it as a Jupyter kernelspec, or demonstrate it."
@@ -596,11 +742,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=textwrap.dedent(
             """\
             examples:
-              python -m iostream install --user     # then pick "Python 3 (iostream)" in Jupyter
-              python -m iostream demo               # see every output path end to end
-              python -m iostream kernel -f conn.json  # what the kernelspec runs
+              %(prog)s install --user     # then pick "Python 3 (iostream)" in Jupyter
+              %(prog)s demo               # see every output path end to end
+              %(prog)s kernel -f conn.json  # what the kernelspec runs
+              %(prog)s uninstall --user   # remove the kernelspec again
 
-            'python -m iostream COMMAND --help' describes each command.
+            '%(prog)s COMMAND --help' describes each command.
             """
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -614,10 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Launch ipykernel's IPKernelApp with ipykernel.iostream replaced by "
             "kernel-iostream. Every argument after 'kernel' is passed to IPKernelApp "
             "unchanged, e.g. '-f CONNECTION_FILE', '--IPKernelApp.capture_fd_output=False' "
-            "or '--debug'; run 'python -m iostream kernel --help-all' for IPKernelApp's "
-            "own options."
+            "or '--debug'; run '%(prog)s --help-all' for IPKernelApp's own options."
         ),
-        usage="python -m iostream kernel -f CONNECTION_FILE [IPKernelApp options ...]",
+        usage="%(prog)s -f CONNECTION_FILE [IPKernelApp options ...]",
     )
 
     install = sub.add_parser(
@@ -626,31 +772,30 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Install a kernelspec whose argv is "
             "[sys.executable, -m, iostream, kernel, -f, {connection_file}], "
-            "then print the directory it was written to."
+            "then print the directory it was written to. Without --user, --sys-prefix or "
+            "--prefix it goes to the system-wide kernels directory."
         ),
     )
-    where = install.add_mutually_exclusive_group()
-    where.add_argument(
-        "--user",
-        action="store_true",
-        help="install for the current user (~/.local/share/jupyter/kernels)",
-    )
-    where.add_argument(
-        "--sys-prefix",
-        action="store_true",
-        help="install into sys.prefix (the current virtualenv or conda env)",
-    )
-    where.add_argument(
-        "--prefix", metavar="PREFIX", help="install into PREFIX/share/jupyter/kernels"
-    )
-    install.add_argument(
-        "--name", default=DEFAULT_KERNEL_NAME, help="kernelspec name (default: %(default)s)"
-    )
+    _add_location_options(install, "install", "into")
     install.add_argument(
         "--display-name",
         default=DEFAULT_DISPLAY_NAME,
         help="name shown in frontends (default: %(default)s)",
     )
+
+    uninstall = sub.add_parser(
+        "uninstall",
+        help="remove the kernelspec that install wrote",
+        description=(
+            "Remove an iostream kernelspec and print the directory removed. With --user, "
+            "--sys-prefix or --prefix it is removed from there (where install put it); "
+            "without them, the one Jupyter finds under --name is removed. A kernelspec "
+            "that does not run an iostream kernel is left alone. Run it before "
+            "'pip uninstall kernel-iostream'; afterwards use "
+            "'jupyter kernelspec uninstall NAME'."
+        ),
+    )
+    _add_location_options(uninstall, "remove", "from")
 
     demo = sub.add_parser(
         "demo",
@@ -681,6 +826,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--save", metavar="NOTEBOOK.ipynb", help="also write the executed notebook to this file"
     )
     demo.add_argument(
+        "--kernel-name",
+        metavar="NAME",
+        help="kernelspec the saved notebook opens on (default: "
+        f"{DEFAULT_KERNEL_NAME}, the one install writes; python3 with --stock)",
+    )
+    demo.add_argument(
         "--stock",
         action="store_true",
         help="run the same notebook on stock ipykernel (-m ipykernel_launcher), for comparison",
@@ -694,30 +845,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point of ``python -m iostream`` and the ``kernel-iostream`` script.
 
     Guarantees: returns the process exit status (0 on success) instead of exiting,
     except that argparse exits with status 2 on bad arguments and after ``--help``.
     ``kernel`` arguments other than ``-h``/``--help`` are not parsed here but passed on.
+    ``uninstall`` returns 1, with the reason on stderr, when there is nothing to remove.
+    Main thread.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(prog)
     if args and args[0] == "kernel" and not ({"-h", "--help"} & set(args[1:])):
         return run_kernel(args[1:])
     ns = parser.parse_args(args)
     if ns.command == "kernel":  # only reached for 'kernel --help', which exits
         return 0
-    if ns.command == "install":
+    if ns.command in ("install", "uninstall"):
         prefix = sys.prefix if ns.sys_prefix else ns.prefix
-        dest = install_kernelspec(
-            name=ns.name, display_name=ns.display_name, user=ns.user, prefix=prefix
-        )
-        print(f"Installed kernelspec {ns.name} in {dest}")
+        if ns.command == "install":
+            dest = install_kernelspec(
+                name=ns.name, display_name=ns.display_name, user=ns.user, prefix=prefix
+            )
+            print(f"Installed kernelspec {ns.name} in {dest}")
+            return 0
+        try:
+            removed = uninstall_kernelspec(
+                name=ns.name,
+                user=ns.user,
+                prefix=prefix,
+                anywhere=not (ns.user or prefix),
+            )
+        except (FileNotFoundError, ValueError) as e:
+            print(f"{parser.prog} uninstall: {e}", file=sys.stderr)
+            return 1
+        print(f"Removed kernelspec {ns.name} from {removed}")
         return 0
     if ns.command == "demo":
         return run_demo(
-            timeout=ns.timeout, settle=ns.settle, save=ns.save, stock=ns.stock, verbose=ns.verbose
+            timeout=ns.timeout,
+            settle=ns.settle,
+            save=ns.save,
+            stock=ns.stock,
+            verbose=ns.verbose,
+            kernel_name=ns.kernel_name,
         )
     parser.error(f"unknown command {ns.command!r}")
     return 2

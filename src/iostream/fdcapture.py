@@ -3,8 +3,9 @@
 What C code, ``os.write`` and child processes write to the descriptor is decoded
 incrementally (a character split across reads arrives whole, invalid bytes become
 U+FFFD), handed to a callback, and echoed to the original descriptor. The pipe is
-enlarged to 1 MiB where Linux allows, so C code that holds the GIL can write that
-much in one call without waiting for the reader (which needs the GIL).
+enlarged to 1 MiB where Linux allows (:data:`iostream.platform.CAN_ENLARGE_PIPE`),
+so C code that holds the GIL can write that much in one call without waiting for
+the reader (which needs the GIL).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import contextlib
 import logging
 import os
 import select
-import sys
 import threading
 from collections.abc import Callable
+from typing import ClassVar
 
+from . import platform
 from .completion import Completion
 from .core import Utf8Decoder
 
@@ -49,6 +51,11 @@ class FdCapture:
     A control pipe carries requests to the reader: ``STOP`` (drain, then end) and
     ``SYNC`` (drain what is in the pipe now, then wake the waiters).
     """
+
+    #: Whether this platform's descriptors can be captured at all
+    #: (:data:`iostream.platform.CAN_CAPTURE_FDS`); callers check it before
+    #: creating one. Constant; any thread.
+    SUPPORTED: ClassVar[bool] = platform.CAN_CAPTURE_FDS
 
     def __init__(self, fd: int, on_text: Callable[[str], None]) -> None:
         self.fd = fd
@@ -221,8 +228,13 @@ class FdCapture:
 
 
 def _enlarge_pipe(fd: int) -> int:
-    """Enlarge the pipe where Linux allows; return its size in bytes."""
-    if not sys.platform.startswith("linux"):
+    """Enlarge the pipe where Linux allows; return its size in bytes.
+
+    Where pipes cannot be enlarged (:data:`iostream.platform.CAN_ENLARGE_PIPE` is
+    False) nothing is asked of the pipe and :data:`PIPE_SIZE` is returned: an upper
+    bound of what it holds, as the drain budget needs.
+    """
+    if not platform.CAN_ENLARGE_PIPE:
         return PIPE_SIZE
     import fcntl
 

@@ -52,6 +52,9 @@ _get_ident = threading.get_ident
 
 Hook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 _STD_FDS = {"stdout": 1, "stderr": 2}
+#: The default of the parent context variable's lookups: tells "this context holds
+#: no parent" apart from any value. Compared by identity only, never stored.
+_NO_CONTEXT: Parent = {}
 
 
 class _StreamGroup:
@@ -257,9 +260,21 @@ class _FastWriter:
     write. ``group`` is None while the stream is closed or echoing, which sends
     every write to the checked path. ``limit`` is the stream's
     ``max_buffer_chars``, refreshed whenever a write takes the slow path.
+    ``thread_links`` and ``thread_headers`` are the stream's
+    ``_thread_to_parent`` and ``_thread_to_parent_header`` (empty unless
+    ipykernel 6.29's kernel fills them, see :meth:`OutStream._parent_of_thread`).
     """
 
-    __slots__ = ("group", "limit", "owner", "parent", "parent_global", "stream")
+    __slots__ = (
+        "group",
+        "limit",
+        "owner",
+        "parent",
+        "parent_global",
+        "stream",
+        "thread_headers",
+        "thread_links",
+    )
 
     def __init__(self, stream: OutStream) -> None:
         self.stream = stream
@@ -268,6 +283,8 @@ class _FastWriter:
         self.owner = stream._owner
         self.parent = stream._parent_header
         self.parent_global: Parent = {}
+        self.thread_links: dict[int | None, int | None] = {}
+        self.thread_headers: dict[int | None, Parent] = {}
 
     def write(self, string: str) -> int:
         """See :meth:`OutStream.write`. Any thread."""
@@ -277,7 +294,14 @@ class _FastWriter:
             publisher = group.publisher_ident
             if publisher is None or publisher != _get_ident():
                 size = len(string)
-                group.incoming.extend((self.owner, self.parent.get(self.parent_global), string))
+                parent = self.parent.get(_NO_CONTEXT)
+                if parent is _NO_CONTEXT:  # a thread that set no parent of its own
+                    parent = (
+                        self.stream._parent_of_thread()
+                        if self.thread_headers
+                        else self.parent_global
+                    )
+                group.incoming.extend((self.owner, parent, string))
                 group.incoming_chars += size
                 if group.hot and group.incoming_chars <= self.limit:
                     return size
@@ -289,8 +313,8 @@ class _FastWriter:
 class OutStream(io.TextIOBase):
     """A file-like object that publishes what is written to it on IOPub.
 
-    ``OutStream(session, pub_thread, name)`` as in ipykernel; the seed documents'
-    ``OutStream(name, session, None)`` works too. Without a thread, text is
+    ``OutStream(session, pub_thread, name)`` as in ipykernel; the name-first form
+    ``OutStream("stdout", session, None)`` works too. Without a thread, text is
     published on the writing thread through ``session.send(None, "stream",
     content, parent=..., ident=topic)`` at each newline, ``flush()`` and ``close()``.
     """
@@ -391,7 +415,7 @@ class OutStream(io.TextIOBase):
         return bool(
             watchfd
             and self._publisher is not None
-            and sys.platform.startswith(("linux", "darwin"))
+            and FdCapture.SUPPORTED
             and "PYTEST_CURRENT_TEST" not in os.environ
         )
 
@@ -425,20 +449,82 @@ class OutStream(io.TextIOBase):
 
     @property
     def parent_header(self) -> Parent:
-        """The parent of the current context (thread or task), else the global one."""
-        try:
-            return self._parent_header.get()
-        except LookupError:
-            return self._writer.parent_global
+        """The parent of the current context (thread or task), else of the thread's
+        oldest ancestor in ipykernel 6.29's thread maps, else the global one."""
+        return self._current_parent()
 
     @parent_header.setter
     def parent_header(self, value: Parent) -> None:
         self._parent_header.set(value)
         self._writer.parent_global = value
 
+    def _current_parent(self) -> Parent:
+        """What :attr:`parent_header` returns. Any thread."""
+        parent = self._parent_header.get(_NO_CONTEXT)
+        if parent is not _NO_CONTEXT:
+            return parent
+        writer = self._writer
+        return self._parent_of_thread() if writer.thread_headers else writer.parent_global
+
+    def _parent_of_thread(self) -> Parent:
+        """The parent for the calling thread when its context holds none. Any thread.
+
+        ipykernel 6.29's ``IPythonKernel`` records, as each thread starts, the
+        cell that was running when a thread of the kernel's own started it
+        (``_thread_to_parent_header[ident]``), or the thread that started it
+        (``_thread_to_parent[ident]``), and removes the entries of finished
+        threads. Output of a thread then goes to its oldest recorded ancestor's
+        cell, else to the global parent, as 6.29's own OutStream routes it. A
+        cycle (a thread ident reused while its entry was kept) ends the walk.
+        """
+        writer = self._writer
+        links = writer.thread_links
+        ident: int | None = _get_ident()
+        for _ in range(len(links)):
+            if ident not in links:
+                break
+            ident = links.get(ident, ident)  # (another thread may remove it meanwhile)
+        return writer.thread_headers.get(ident, writer.parent_global)
+
+    @property
+    def _thread_to_parent_header(self) -> dict[int | None, Parent]:
+        """Thread ident to the parent its output goes to (ipykernel 6.29's map)."""
+        return self._writer.thread_headers
+
+    @_thread_to_parent_header.setter
+    def _thread_to_parent_header(self, value: dict[int | None, Parent]) -> None:
+        self._writer.thread_headers = value
+
+    @property
+    def _thread_to_parent(self) -> dict[int | None, int | None]:
+        """Thread ident to the ident of the thread that started it (ipykernel 6.29's map)."""
+        return self._writer.thread_links
+
+    @_thread_to_parent.setter
+    def _thread_to_parent(self, value: dict[int | None, int | None]) -> None:
+        self._writer.thread_links = value
+
+    @property
+    def _parent_header_global(self) -> Parent:
+        """The parent of threads and contexts that set none (ipykernel's attribute)."""
+        return self._writer.parent_global
+
+    @_parent_header_global.setter
+    def _parent_header_global(self, value: Parent) -> None:
+        self._writer.parent_global = value
+
     def set_parent(self, parent: Any) -> None:
-        """Set the parent for the current context and as the global fallback."""
-        self.parent_header = extract_header(parent)
+        """Set the parent for the current context and as the global fallback.
+
+        Set directly, not through :attr:`parent_header`: ACT-R's Python interface
+        replaces that property on the class with one that only keeps
+        ``_parent_header_global``. A replaced property is assigned too.
+        """
+        header = extract_header(parent)
+        self._parent_header.set(header)
+        self._writer.parent_global = header
+        if type(self).parent_header is not _OWN_PARENT_HEADER:
+            self.parent_header = header
 
     def set_thread_parent(self, parent: Any) -> contextvars.Token[Parent]:
         """Set the parent for the calling thread or context only; returns a token."""
@@ -570,7 +656,7 @@ class OutStream(io.TextIOBase):
 
     def _buffer_text(self, text: str) -> None:
         """Add text under the current parent and make sure a flush will come."""
-        self._buffer_under(self._parent_header.get(self._writer.parent_global), text)
+        self._buffer_under(self._current_parent(), text)
 
     def _buffer_under(self, parent: Parent, text: str) -> None:
         """Add text under ``parent`` and make sure a flush will come. Any thread."""
@@ -851,3 +937,7 @@ class OutStream(io.TextIOBase):
 
     def _is_master_process(self) -> bool:
         return os.getpid() == self._master_pid
+
+
+#: :attr:`OutStream.parent_header` as defined here (see :meth:`OutStream.set_parent`).
+_OWN_PARENT_HEADER = OutStream.__dict__["parent_header"]

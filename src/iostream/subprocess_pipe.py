@@ -1,8 +1,10 @@
 """The channel that carries output from forked children to the parent's IOPub socket.
 
 The parent binds a ROUTER socket; on Unix the endpoint is ``ipc://`` inside a
-private (0700) directory, so nothing on the network can reach it; on Windows it is
-loopback TCP. Every message starts with a frame ``key + kind [+ body]``: a random
+private (0700) directory, so nothing on the network can reach it; on Windows
+(:data:`iostream.platform.PIPE_TRANSPORT` is ``"tcp"``) it is loopback TCP on a
+random port, reachable by local users, so there the key is what keeps others'
+messages out. Every message starts with a frame ``key + kind [+ body]``: a random
 16-byte key that the parent compares in constant time, then one byte saying what
 follows. A child sends over one DEALER connection and never waits for the
 parent, except in :meth:`PipeClient.wait_delivered` (what ``flush()`` calls): it
@@ -32,7 +34,6 @@ import logging
 import os
 import shutil
 import struct
-import sys
 import tempfile
 import threading
 import time
@@ -40,6 +41,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
+
+from . import platform
 
 logger = logging.getLogger("iostream")
 
@@ -64,7 +67,7 @@ class PipeServer:
         self._dir: str | None = None
         self.socket: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
         self.socket.linger = 0
-        if sys.platform == "win32":
+        if platform.PIPE_TRANSPORT == "tcp":
             port = self.socket.bind_to_random_port("tcp://127.0.0.1")
             self.endpoint = f"tcp://127.0.0.1:{port}"
         else:

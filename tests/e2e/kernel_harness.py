@@ -14,7 +14,7 @@ import queue
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,12 +136,26 @@ class Cell:
 
 
 class Kernel:
-    """One running kernel plus a blocking client and per-request IOPub buckets."""
+    """One running kernel plus a blocking client and per-request IOPub buckets.
 
-    def __init__(self, kind: str, kernels_dir: Path, log_dir: Path) -> None:
+    ``kind`` names the kernelspec; its ``argv`` is ``KINDS[kind]`` unless ``argv``
+    is given. ``env`` entries are set (a value of None removes the variable) on top
+    of :func:`kernel_env` for the kernel process.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        kernels_dir: Path,
+        log_dir: Path,
+        *,
+        argv: list[str] | None = None,
+        env: Mapping[str, str | None] | None = None,
+    ) -> None:
         self.kind = kind
-        write_spec(kernels_dir, kind, KINDS[kind])
+        write_spec(kernels_dir, kind, KINDS[kind] if argv is None else argv)
         self.buckets: dict[str, list[Msg]] = {}
+        self._env_changes = dict(env or {})
         for attempt in range(1, START_ATTEMPTS + 1):
             self._start(kernels_dir, log_dir)
             try:
@@ -163,7 +177,13 @@ class Kernel:
         )
         self.log_path = log_dir / f"{self.kind}-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in shutdown()
-        self.km.start_kernel(env=kernel_env(), stdout=self._log, stderr=subprocess.STDOUT)
+        env = kernel_env()
+        for name, value in self._env_changes.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        self.km.start_kernel(env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.kc: BlockingKernelClient = self.km.client()
         self.kc.start_channels()
 

@@ -36,6 +36,8 @@ import zmq  # noqa: E402
 from jupyter_client.session import Session  # noqa: E402
 from kernel_harness import kernel_env  # noqa: E402
 
+from support import needs_fd_capture  # noqa: E402
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 N_ENGINES = 2
@@ -257,6 +259,7 @@ def _receive(sub: zmq.Socket[bytes], session: Session, timeout: float) -> tuple[
     return (idents[0] if idents else b""), msg
 
 
+@needs_fd_capture  # the engines also write to fd 1 (fd=True)
 def test_output_topics_name_the_engine(clusters: dict[str, RunningCluster]) -> None:
     texts = {}
     for kind, c in clusters.items():
