@@ -669,3 +669,149 @@ def test_flush_buffers_yields_this_streams_parent_and_text(kernel: Kernelish) ->
     kernel.receiver.wait_for_text("warm\nto stderr\n")
     assert kernel.receiver.text("stderr") == "to stderr\n"
     assert kernel.receiver.text("stdout") == "warm\n"
+
+
+# -- subclasses that override _flush (spyder-kernels' TTYOutStream) ---------------
+
+
+def filtering_stream_class(module: ModuleType) -> type:
+    """A subclass that publishes its own text in ``_flush`` and filters it, as
+    spyder-kernels' TTYOutStream does (it drops "Parent poll failed.")."""
+
+    class FilteringStream(module.OutStream):  # type: ignore[misc,name-defined]
+        def _flush(self) -> None:
+            self._flush_pending = False
+            for parent, text in self._flush_buffers():
+                lines = text.splitlines(keepends=True)
+                data = "".join(line for line in lines if "Parent poll failed." not in line)
+                if not data:
+                    continue
+                msg = self.session.msg("stream", {"name": self.name, "text": data}, parent=parent)
+                self.session.send(self.pub_thread, msg, ident=self.topic)
+
+    return FilteringStream
+
+
+def test_a_plain_streams_flush_never_publishes_a_filtering_streams_text(
+    kernel: Kernelish,
+) -> None:
+    """The filtered text of a stream whose ``_flush`` filters stays filtered when
+    another stream of the kernel flushes (ours shares one buffer between them)."""
+    stdout = kernel.stream("stdout")
+    stderr = filtering_stream_class(kernel.module)(
+        kernel.session, kernel.thread, "stderr", watchfd=False
+    )
+    kernel.streams.append(stderr)
+    stderr.write("Parent poll failed.\n")
+    stdout.write("x\n")
+    stdout.flush()
+    stderr.write("kept\n")
+    stderr.flush()
+    kernel.receiver.wait_for(lambda _m: "kept\n" in kernel.receiver.text("stderr"))
+    kernel.receiver.wait_for_text("x\n", "stdout")
+    assert kernel.receiver.text("stderr") == "kept\n"
+    assert kernel.receiver.text("stdout") == "x\n"
+
+
+def test_streams_that_override_flush_are_flushed_by_the_timer(kernel: Kernelish) -> None:
+    """Two streams whose class overrides ``_flush`` (spyder-kernels' stdout and
+    stderr) both get their text published without an explicit flush."""
+    cls = filtering_stream_class(kernel.module)
+    stdout = cls(kernel.session, kernel.thread, "stdout", watchfd=False)
+    stderr = cls(kernel.session, kernel.thread, "stderr", watchfd=False)
+    kernel.streams += [stdout, stderr]
+    for n in range(3):
+        stdout.write(f"out {n}\n")
+        stderr.write(f"err {n}\n")
+        stderr.write("Parent poll failed.\n")
+        time.sleep(0.3)  # (past flush_interval: each round is its own timer's)
+    kernel.receiver.wait_for(
+        lambda _m: kernel.receiver.text("stdout").count("\n") == 3
+        and kernel.receiver.text("stderr").count("\n") == 3
+    )
+    assert kernel.receiver.text("stdout") == "out 0\nout 1\nout 2\n"
+    assert kernel.receiver.text("stderr") == "err 0\nerr 1\nerr 2\n"
+
+
+def test_text_written_to_a_filtering_stream_during_a_flush_stays_filtered(
+    kernel: Kernelish,
+) -> None:
+    """A thread keeps writing filtered lines while another stream flushes
+    repeatedly: none of them is ever published (a flush takes everything first
+    and hands the filtering stream's text to its own ``_flush``)."""
+    stdout = kernel.stream("stdout")
+    stderr = filtering_stream_class(kernel.module)(
+        kernel.session, kernel.thread, "stderr", watchfd=False
+    )
+    kernel.streams.append(stderr)
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        while not stop.is_set():
+            stderr.write("Parent poll failed.\n")
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        for n in range(200):
+            stdout.write(f"x{n}\n")
+            stdout.flush()
+    finally:
+        stop.set()
+        writer.join()
+    stderr.write("end\n")
+    stderr.flush()
+    stdout.flush()
+    kernel.receiver.wait_for(lambda _m: "end\n" in kernel.receiver.text("stderr"))
+    kernel.receiver.wait_for_text("".join(f"x{n}\n" for n in range(200)), "stdout")
+    assert kernel.receiver.text("stderr") == "end\n"
+
+
+def test_an_override_that_raises_does_not_stop_the_other_streams(kernel: Kernelish) -> None:
+    """One stream's ``_flush`` raising (a hook of its own failing) loses that
+    flush of its text only: the other stream's output keeps coming."""
+    base = filtering_stream_class(kernel.module)
+
+    class RaisesOnce(base):  # type: ignore[misc,valid-type]
+        raised = False
+
+        def _flush(self) -> None:
+            if not RaisesOnce.raised:
+                RaisesOnce.raised = True
+                raise RuntimeError("an override failing once")
+            super()._flush()
+
+    stdout = kernel.stream("stdout")
+    stderr = RaisesOnce(kernel.session, kernel.thread, "stderr", watchfd=False)
+    kernel.streams.append(stderr)
+    stderr.write("lost with the failed flush\n")
+    stdout.write("first\n")
+    kernel.receiver.wait_for_text("first\n", "stdout")
+    for n in range(3):
+        time.sleep(0.3)  # (each write after the interval: its own timer)
+        stdout.write(f"later {n}\n")
+        stderr.write(f"err {n}\n")
+    expected = "first\nlater 0\nlater 1\nlater 2\n"
+    kernel.receiver.wait_for_text(expected, "stdout")
+    kernel.receiver.wait_for(lambda _m: "err 2\n" in kernel.receiver.text("stderr"))
+    assert kernel.receiver.text("stdout") == expected
+    assert kernel.receiver.text("stderr").endswith("err 0\nerr 1\nerr 2\n")
+
+
+def test_writes_after_stop_are_published_when_every_stream_overrides_flush(
+    kernel: Kernelish,
+) -> None:
+    """spyder-kernels' streams both override ``_flush``: stop() still ends the
+    flush promise, so a write after it is published at once, as with plain
+    streams."""
+    cls = filtering_stream_class(kernel.module)
+    stdout = cls(kernel.session, kernel.thread, "stdout", watchfd=False)
+    stderr = cls(kernel.session, kernel.thread, "stderr", watchfd=False)
+    kernel.streams += [stdout, stderr]
+    stdout.write("before\n")
+    kernel.receiver.wait_for_text("before\n", "stdout")
+    stdout.write("batched\n")  # within the interval: the timer waits
+    kernel.thread.stop()
+    stdout.write("after\n")
+    kernel.receiver.wait_for_text("before\nbatched\nafter\n", "stdout")
+    assert kernel.receiver.text("stdout") == "before\nbatched\nafter\n"

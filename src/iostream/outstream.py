@@ -103,6 +103,9 @@ class _StreamGroup:
         self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
         self.timer: object | None = None
         self.publisher_ident: int | None = None
+        # Owners whose own ``_flush`` override is running (publish_lock held):
+        # text of theirs that a flush takes meanwhile is theirs to publish.
+        self.overrides_running: set[int] = set()
 
     def _after_fork_in_child(self) -> None:
         # The parent's pending text is the parent's to publish, not the child's.
@@ -185,7 +188,8 @@ class _StreamGroup:
         stop it.
         """
         return not any(
-            stream._io_hooks or stream._echo is not None for stream in list(self.members.values())
+            stream._io_hooks or stream._echo is not None or stream._flush_is_custom()
+            for stream in list(self.members.values())
         )
 
     def pack_parent(self, parent: Parent) -> bytes:
@@ -217,7 +221,7 @@ class _StreamGroup:
         if self.backlog():
             stream = next(iter(list(self.members.values())), None)
             if stream is not None:
-                stream._flush()
+                stream._flush_whole_group()
 
 
 _groups: weakref.WeakKeyDictionary[Any, _StreamGroup] = weakref.WeakKeyDictionary()
@@ -393,7 +397,7 @@ class OutStream(io.TextIOBase):
         self._writer = _FastWriter(self)
         self._group.members[self._owner] = self
         if hasattr(pub_thread, "add_stop_callback"):
-            pub_thread.add_stop_callback(self._flush)
+            pub_thread.add_stop_callback(self._flush_whole_group)
         if hasattr(pub_thread, "set_child_text_handler"):
             group = self._group
             pub_thread.set_child_text_handler(
@@ -719,7 +723,7 @@ class OutStream(io.TextIOBase):
         if delay <= 0 or getattr(thread, "stopping", False):
             self._timer_flushing = True  # the promised flush: it ends the licence
             try:
-                self._flush()  # (a stopping loop would never run the timer)
+                self._flush_whole_group()  # (a stopping loop would never run the timer)
             finally:
                 self._timer_flushing = False
             return
@@ -727,6 +731,16 @@ class OutStream(io.TextIOBase):
         if group.timer is not None:
             thread.io_loop.remove_timeout(group.timer)
         group.timer = thread.io_loop.call_later(delay, self._io_on_timer)
+
+    def _flush_is_custom(self) -> bool:
+        """Whether this stream's class overrides :meth:`_flush`. Any thread."""
+        return type(self)._flush is not OutStream._flush
+
+    def _flush_whole_group(self) -> None:
+        """Publish everything pending in the group, this stream's text included
+        through its own ``_flush`` where its class overrides it; ends the flush
+        promise. The timer's flush and the stop callback. Where :meth:`_flush` runs."""
+        self._flush_group(route_self=True)
 
     def _run_on(self, thread: Any, f: Callable[[], None]) -> None:
         if thread is None or _on_thread_of(thread):
@@ -737,7 +751,22 @@ class OutStream(io.TextIOBase):
     # -- publishing ----------------------------------------------------------
 
     def _flush(self) -> None:
-        """Publish everything pending in this stream's group. IO thread (see module)."""
+        """Publish everything pending in this stream's group. IO thread (see module).
+
+        Text of other streams whose class overrides ``_flush`` (spyder-kernels
+        filters there) is left to their override, called right after.
+        """
+        self._flush_group(route_self=False)
+
+    def _flush_group(self, route_self: bool) -> None:
+        """Take everything pending (ending the flush promise), publish it, and
+        hand the text of members that override ``_flush`` to their override.
+
+        The take comes first, so text written meanwhile arms a new flush, and a
+        member's text is never published past its override (it goes back to the
+        front of the queue, where the override's ``_flush_buffers`` finds it).
+        An override calling ``super()._flush()`` has its own text published here.
+        """
         self._flush_pending = False
         self._subprocess_flush_pending = False
         self._flush_echo()
@@ -760,7 +789,36 @@ class OutStream(io.TextIOBase):
         # Take and publish under one lock: in a forked child the writing thread
         # and the IO thread may both flush, and must not reorder the text.
         with group.publish_lock:
-            self._publish(group.take(time.monotonic(), keep_licence=keep_licence))
+            chunks = group.take(time.monotonic(), keep_licence=keep_licence)
+            overriders = self._overriders(chunks, route_self)
+            if overriders:
+                theirs = [chunk for chunk in chunks if chunk.owner in overriders]
+                chunks = [chunk for chunk in chunks if chunk.owner not in overriders]
+                group.requeue(theirs)
+            self._publish(chunks)
+            for owner, member in overriders.items():
+                group.overrides_running.add(owner)
+                try:
+                    member._flush()
+                except Exception:  # one broken override must not stop the others
+                    logger.exception("iostream: %s's _flush failed", member.name)
+                finally:
+                    group.overrides_running.discard(owner)
+
+    def _overriders(self, chunks: list[Chunk], route_self: bool) -> dict[int, OutStream]:
+        """The live members owning ``chunks`` whose own ``_flush`` should publish them."""
+        found: dict[int, OutStream] = {}
+        group = self._group
+        for owner in {chunk.owner for chunk in chunks}:
+            member = group.members.get(owner)
+            if (
+                member is not None
+                and member._flush_is_custom()
+                and owner not in group.overrides_running
+                and (route_self or member is not self)
+            ):
+                found[owner] = member
+        return found
 
     def _publish_complete_lines(self) -> None:
         """Publish up to the last newline, keep the rest. Writing thread (without
