@@ -13,11 +13,9 @@ The one cross-thread primitive is :meth:`IOPubThread.schedule`. Its guarantee:
 * it never blocks on the IO thread: it appends to a deque under a short lock and
   wakes the thread through an inproc pipe only if the thread is not already awake.
 
-Its shortcut is :meth:`IOPubThread.run_exclusive`: when the IO thread is asleep
-and nothing is queued, the caller does the work itself, as the IO thread would,
-holding the *executor lock* that the IO thread holds whenever it is awake (see
-:mod:`iostream.exclusive`). "Runs on the IO thread" below means "runs holding the
-executor lock": on the IO thread, or inside ``run_exclusive``.
+Only the IO thread ever sends on the socket while the thread runs, so a signal
+handler (Ctrl-C's KeyboardInterrupt), which Python runs on the main thread, can
+never cut a message in half.
 """
 
 from __future__ import annotations
@@ -43,7 +41,6 @@ from tornado.ioloop import IOLoop
 from . import forksafety
 from .background_socket import BackgroundSocket
 from .completion import Completion
-from .exclusive import ReleasingSelector, SignalsDeferred
 from .subprocess_pipe import PipeClient, PipeServer, TextHandler
 
 logger = logging.getLogger("iostream")
@@ -57,32 +54,26 @@ READ_BATCH = 256
 #: Bytes read from a captured file descriptor at a time.
 PIPE_BUFFER_SIZE = 1000
 
-#: A queued call: function, args, kwargs, and whether it is ordered (may not be
-#: overtaken by :meth:`IOPubThread.run_exclusive`).
-Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], bool]
+#: A queued call: function, args, kwargs.
+Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 # pyzmq's compiled send, when its backend is the compiled one (not cffi).
 _compiled_send: Any = (
     None if type(zmq.backend.Socket.send).__name__ == "function" else zmq.backend.Socket.send
 )
-_more_flags: dict[tuple[int, bool], tuple[int, ...]] = {}
+_more_flags: dict[int, tuple[int, ...]] = {}
 
 
-def send_frames(
-    socket: Any, frames: Sequence[Any], copy: bool = True, dontwait: bool = False
-) -> None:
+def send_frames(socket: Any, frames: Sequence[Any], copy: bool = True) -> None:
     """Send ``frames`` as one multipart message on ``socket``. Caller owns the socket.
 
     For a plain ``zmq.Socket`` and ``bytes`` frames, every frame is handed to
     pyzmq's compiled ``send`` from C (``map`` consumed by a ``deque``), which
     skips the per-frame flag arithmetic of ``Socket.send_multipart`` (about
     15 us a message). Anything else goes through ``send_multipart``. Like it,
-    this is not atomic for signals: pyzmq runs pending signal handlers after
-    each frame, so on the main thread call it with signals held back
-    (:class:`~iostream.exclusive.SignalsDeferred`). With ``dontwait`` a socket
-    that would block (``XPUB_NODROP`` at its high-water mark) raises
-    ``zmq.Again`` at the first frame, having sent nothing (zmq takes a
-    multipart message whole or not at all).
+    this is not atomic for signals (pyzmq runs pending signal handlers after
+    each frame), which is why only the IO thread, which Python never runs a
+    signal handler on, calls it while the thread runs.
     """
     kind = type(socket)
     if (
@@ -92,14 +83,12 @@ def send_frames(
         or not frames
         or not set(map(type, frames)) <= {bytes}
     ):
-        socket.send_multipart(frames, copy=copy, flags=zmq.DONTWAIT if dontwait else 0)
+        socket.send_multipart(frames, copy=copy)
         return
     count = len(frames)
-    flags = _more_flags.get((count, dontwait))
+    flags = _more_flags.get(count)
     if flags is None:
-        extra = int(zmq.DONTWAIT) if dontwait else 0
-        more = int(zmq.SNDMORE) | extra
-        flags = _more_flags[(count, dontwait)] = (more,) * (count - 1) + (extra,)
+        flags = _more_flags[count] = (int(zmq.SNDMORE),) * (count - 1) + (0,)
     deque(map(_compiled_send, repeat(socket, count), frames, flags, repeat(copy, count)), 0)
 
 
@@ -136,7 +125,6 @@ class IOPubThread:
         self._child_text_handler: TextHandler | None = None
         self._child_text_publish: Callable[[], None] | None = None
         self._is_xpub = _socket_type(socket) == zmq.XPUB
-        self._socket_blocking: tuple[Any, bool] = (None, False)
         self._close_when_stopped = False  # close() left the socket to the thread
         if self._is_xpub:
             # Without VERBOSE, XPUB passes up only the first subscription to a
@@ -156,13 +144,6 @@ class IOPubThread:
         self._lock = threading.Lock()
         self._child_start_lock = threading.Lock()
         self._inline_lock = threading.RLock()
-        # Held by the IO thread whenever it is awake (an RLock only so that
-        # run_exclusive can tell whether it holds it: see there).
-        self._executor_lock = threading.RLock()
-        self._exclusive_ident: int | None = None  # who runs inside run_exclusive
-        # Threads whose latest exclusive run queued sends (see _send_on_socket).
-        self._spilled: set[int] = set()
-        self._ordered_queued = 0  # queued calls that run_exclusive may not overtake
         self._state = _State.NEW
         self._wake_pending = False
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -172,8 +153,7 @@ class IOPubThread:
         self.pipe_in.bind(address)
         self.pipe_out: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
         self.pipe_out.connect(address)
-        self._selector = ReleasingSelector(self._executor_lock)
-        selector_loop = asyncio.SelectorEventLoop(self._selector)
+        selector_loop = asyncio.SelectorEventLoop()
         self.io_loop: IOLoop = IOLoop(make_current=False, asyncio_loop=selector_loop)
         self.thread = threading.Thread(target=self._io_main, name="IOPub", daemon=True)
         self.thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
@@ -243,8 +223,7 @@ class IOPubThread:
                 running = False
             else:
                 running = True
-                self._events.append((self._io_run_stop_callbacks, (), {}, True))
-                self._ordered_queued += 1
+                self._events.append((self._io_run_stop_callbacks, (), {}))
                 self._state = _State.STOPPING
                 self._wake_locked()
         if running or self.thread.is_alive():
@@ -294,84 +273,7 @@ class IOPubThread:
         See the module docstring for the ordering and completion guarantee.
         Exceptions raised by ``f`` are logged, never propagated. Any thread.
         """
-        self._enqueue((f, args, kwargs, True))
-
-    def schedule_overtakable(self, f: Callable[[], Any]) -> None:
-        """As :meth:`schedule`, except that :meth:`run_exclusive` may overtake it.
-
-        For idempotent checks (is a flush due yet?) whose place in the queue
-        does not matter. Any thread.
-        """
-        self._enqueue((f, (), {}, False))
-
-    def run_exclusive(self, f: Callable[[], Any]) -> bool:
-        """Run ``f()`` now on the calling thread, in place of the IO thread, if possible.
-
-        Possible when the thread is running, asleep (waiting for events, not
-        woken and waiting for its turn) and nothing is queued but overtakable
-        calls: then running ``f`` here keeps
-        every guarantee of :meth:`schedule` (in order after every call
-        scheduled before, never beside another) and saves the round trip.
-        Returns whether ``f`` ran; if not, nothing happened. If ``f`` sent a
-        message the socket could not take at once, that message and the ones
-        after it are queued for the IO thread instead (see :meth:`spilled`). On the main thread,
-        signals that Python handles are held back while ``f`` runs and
-        delivered once it is done (see :class:`~iostream.exclusive.SignalsDeferred`).
-        Exceptions raised by ``f`` are logged, never propagated. Any thread
-        (returns False on the IO thread and inside ``f``).
-        """
-        if self._on_io_thread() or not self._is_master_process() or self._selector.wants_lock:
-            return False
-        if not self._sends_never_block():
-            return False  # (a blocked send must stay on the IO thread: see there)
-        lock = self._executor_lock
-        deferral = SignalsDeferred()
-        try:
-            if not deferral.begin():
-                return False
-            try:
-                if not lock.acquire(blocking=False):
-                    return False
-                try:
-                    with self._lock:
-                        if self._state is not _State.RUNNING or self._ordered_queued:
-                            return False
-                    try:
-                        self._spilled.discard(threading.get_ident())
-                        self._exclusive_ident = threading.get_ident()
-                        self._call(f, (), {})
-                    finally:
-                        self._exclusive_ident = None
-                finally:
-                    lock.release()
-            finally:
-                deferral.end()
-        except BaseException:
-            # Only an asynchronous exception can get here with the lock held
-            # (between acquire() and the try); a held lock would park the IO
-            # thread forever.
-            self._exclusive_ident = None
-            if lock._is_owned():  # type: ignore[attr-defined]
-                lock.release()
-            raise
-        return True
-
-    def _sends_never_block(self) -> bool:
-        """Whether a send on the socket returns at once (PUB, XPUB drop at their
-        high-water mark). A send that can block (PUSH without a peer) must never
-        run on a caller whose signals are held back: Ctrl-C could not stop it,
-        and ``flush_timeout`` bounds only a wait for the IO thread."""
-        socket = self.socket
-        cached, never_blocks = self._socket_blocking
-        if cached is not socket:
-            never_blocks = _socket_type(socket) in (zmq.PUB, zmq.XPUB)
-            self._socket_blocking = (socket, never_blocks)
-        return never_blocks
-
-    def spilled(self) -> bool:
-        """Whether the latest :meth:`run_exclusive` of the calling thread queued
-        sends for the IO thread (so that waiting for them is still to do)."""
-        return threading.get_ident() in self._spilled
+        self._enqueue((f, args, kwargs))
 
     def _enqueue(self, event: Event) -> None:
         if self._child_needs_thread:
@@ -379,11 +281,10 @@ class IOPubThread:
         with self._lock:
             if self._state is _State.RUNNING or self._state is _State.STOPPING:
                 self._events.append(event)
-                self._ordered_queued += event[3]
                 if not self._wake_pending:
                     self._wake_locked()
                 return
-        f, args, kwargs, _ordered = event
+        f, args, kwargs = event
         with self._inline_lock:
             self._call(f, args, kwargs)
 
@@ -482,38 +383,18 @@ class IOPubThread:
         if socket is None:
             self._warn_dropped("the IOPub socket is closed")
             return
-        ident = threading.get_ident()
-        exclusive = self._exclusive_ident == ident
-        if exclusive and ident in self._spilled:
-            self._spill(ident, msg, args, kwargs)
-            return
         try:
             if args or set(kwargs) - {"copy"}:
                 socket.send_multipart(msg, *args, **kwargs)
             else:
-                send_frames(socket, msg, kwargs.get("copy", True), dontwait=exclusive)
-        except zmq.Again as error:
-            if not exclusive:  # (the caller's own NOBLOCK: as any failed send)
-                self._warn_dropped(f"sending failed: {error}")
-                return
-            # The socket would block: a send that blocks must happen on the IO
-            # thread, where waits are bounded and Ctrl-C works.
-            self._spill(ident, msg, args, kwargs)
-            return
+                send_frames(socket, msg, kwargs.get("copy", True))
         except (zmq.ZMQError, AttributeError, ValueError) as error:
+            # (zmq.Again included: a send the caller made non-blocking is
+            # dropped, not retried, which would spin the IO thread.)
             self._warn_dropped(f"sending failed: {error}")
         if self._is_xpub and self._on_io_thread():
             # A send can consume the FD edge that announces a subscription.
             self._io_read_subscriptions()
-
-    def _spill(self, ident: int, msg: list[Any], args: tuple[Any, ...], kw: dict[str, Any]) -> None:
-        """Queue a send of an exclusive run for the IO thread, and every later one.
-
-        Nothing ordered is queued during an exclusive run, so queueing this and
-        every later message of the run keeps them in order.
-        """
-        self._spilled.add(ident)
-        self._enqueue((self._send_on_socket, (msg, *args), kw, True))
 
     def _warn_dropped(self, why: str) -> None:
         if not self._warned_no_socket:
@@ -523,9 +404,8 @@ class IOPubThread:
     # -- internals: any thread -------------------------------------------------
 
     def _on_io_thread(self) -> bool:
-        """Whether the caller acts as the IO thread: it is, or runs in :meth:`run_exclusive`."""
-        ident = threading.get_ident()
-        return self.thread.ident == ident or self._exclusive_ident == ident
+        """Whether the caller is the IO thread. Any thread."""
+        return self.thread.ident == threading.get_ident()
 
     def _wake_locked(self) -> None:
         """Wake the IO thread. Caller holds ``_lock`` (which serialises pipe_out).
@@ -602,19 +482,13 @@ class IOPubThread:
     # -- IO thread -------------------------------------------------------------
 
     def _io_main(self) -> None:
-        # Held whenever this thread is awake; the loop's selector lets go of it
-        # only while waiting for events.
-        self._executor_lock.acquire()
+        self.io_loop.add_callback(self._io_setup)
         try:
-            self.io_loop.add_callback(self._io_setup)
-            try:
-                self.io_loop.start()
-            finally:
-                self._io_teardown()
-                if self._close_when_stopped:  # close() gave up waiting for us
-                    self._close_socket()
+            self.io_loop.start()
         finally:
-            self._executor_lock.release()
+            self._io_teardown()
+            if self._close_when_stopped:  # close() gave up waiting for us
+                self._close_socket()
 
     def _io_setup(self) -> None:
         self._io_add_reader(self.pipe_in, lambda _frames: None, after=self._io_run_pending)
@@ -674,8 +548,7 @@ class IOPubThread:
                         self._state = _State.STOPPED
                         self.io_loop.stop()
                     return
-                f, args, kwargs, ordered = self._events.popleft()
-                self._ordered_queued -= ordered
+                f, args, kwargs = self._events.popleft()
             self._call(f, args, kwargs)
 
     def _io_run_stop_callbacks(self) -> None:

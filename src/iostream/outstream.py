@@ -180,18 +180,6 @@ class _StreamGroup:
             if self.armed and self.arm_count == ticket and not self.forked:
                 self.hot = True
 
-    def runs_no_user_code(self) -> bool:
-        """Whether publishing calls no hook and flushes no echo target. Any thread.
-
-        Only then may a caller publish with its signals held back
-        (``run_exclusive``): user code could block there, and Ctrl-C could not
-        stop it.
-        """
-        return not any(
-            stream._io_hooks or stream._echo is not None or stream._flush_is_custom()
-            for stream in list(self.members.values())
-        )
-
     def pack_parent(self, parent: Parent) -> bytes:
         """``parent`` as JSON, cached for the latest parent. Publishing thread."""
         last, packed = self.packed_parent
@@ -248,8 +236,7 @@ def _thread_running(pub_thread: Any) -> bool:
 
 
 def _on_thread_of(pub_thread: Any) -> bool:
-    """Whether the caller acts as ``pub_thread``'s IO thread (ours: also inside
-    its ``run_exclusive``)."""
+    """Whether the caller is ``pub_thread``'s IO thread."""
     if isinstance(pub_thread, IOPubThread):
         return pub_thread._on_io_thread()
     thread = getattr(pub_thread, "thread", None)
@@ -384,7 +371,7 @@ class OutStream(io.TextIOBase):
         self._flush_pending = False
         self._subprocess_flush_pending = False
         self._local = threading.local()
-        self._io_hooks: list[Hook] = []  # the IO thread's, also in its exclusive runs
+        self._io_hooks: list[Hook] = []  # the IO thread's hooks
         self._timer_flushing = False  # the timer's flush is running (IO thread)
         self._isatty = bool(isatty)
         self._closed = False
@@ -626,13 +613,6 @@ class OutStream(io.TextIOBase):
         if thread is None or _on_thread_of(thread) or not _thread_running(thread):
             self._run_on(thread, self._flush)
             return
-        if (
-            isinstance(thread, IOPubThread)
-            and self._group.runs_no_user_code()
-            and thread.run_exclusive(self._flush)
-            and not thread.spilled()
-        ):
-            return  # published here, in order, without a round trip
         done = Completion()
         thread.schedule(self._flush)
         thread.schedule(done.set)
@@ -703,8 +683,7 @@ class OutStream(io.TextIOBase):
         thread = self._publisher
         if isinstance(thread, IOPubThread):
             if thread.running:
-                # A later flush() may overtake the check: it publishes all anyway.
-                thread.schedule_overtakable(self._io_on_timer)
+                thread.schedule(self._io_on_timer)
                 # Only our thread guarantees that what it queued runs before it
                 # stops, which the fast path's licence relies on.
                 return True
