@@ -36,7 +36,6 @@ from .completion import Completion
 from .core import (
     DEFAULT_MAX_MESSAGE_CHARS,
     Chunk,
-    FlushPolicy,
     OutputBuffer,
     Parent,
     complete_lines,
@@ -44,6 +43,7 @@ from .core import (
     split_text,
 )
 from .fdcapture import FdCapture
+from .flushstate import Event, FlushState
 from .iothread import IOPubThread
 
 logger = logging.getLogger("iostream")
@@ -60,19 +60,22 @@ _NO_CONTEXT: Parent = {}
 class _StreamGroup:
     """The shared buffer of the streams that publish through one thread or session.
 
-    Writes from any thread append ``(owner, parent, text)`` to ``incoming``, a
-    deque (atomic under the GIL, no lock: the write fast path). ``lock`` guards
-    ``buffer`` (the sans-IO :class:`~iostream.core.OutputBuffer` that ``incoming``
-    is moved into when text is taken), ``policy`` and the arming state. ``timer``
-    is IO-thread-only; ``publisher_ident`` names the thread that is publishing, so
+    A thin locked wrapper around two sans-IO parts: ``buffer`` (the
+    :class:`~iostream.core.OutputBuffer`) and ``flow`` (the
+    :class:`~iostream.flushstate.FlushState`, the promise of a flush and when it
+    is due). ``lock`` guards both. Writes from any thread append
+    ``(owner, parent, text)`` to ``incoming``, a deque (no lock: the write fast
+    path), which is moved into ``buffer`` when text is taken. ``timer`` is
+    IO-thread-only; ``publisher_ident`` names the thread that is publishing, so
     output it produces meanwhile goes to the original stream instead of looping.
 
-    ``hot`` is the fast path's licence: a flush is promised *and* its timer is
-    known to be scheduled on a running IO thread. It is set once ``schedule`` has
-    returned (an interrupt before that leaves it unset, and the slow path re-arms)
-    and cleared by :meth:`take` *before* it empties ``incoming``. So a writer that
-    appends and then still sees ``hot`` knows a later take will find its text;
-    one that sees it cleared arms a flush itself.
+    ``flow.licensed`` is the fast path's licence (LICENSED: a flush is promised
+    *and* its timer is known to be scheduled on a running IO thread). It is set
+    once ``schedule`` has returned (an interrupt before that leaves it unset, and
+    the slow path promises again) and cleared by :meth:`take` *before* it empties
+    ``incoming``. So a writer that appends and then still sees the licence knows
+    a later take will find its text; one that sees it cleared promises a flush
+    itself.
     """
 
     def __init__(self) -> None:
@@ -93,13 +96,7 @@ class _StreamGroup:
         # Characters in ``incoming``: a bound, not a count (unlocked ``+=`` from
         # several threads may lose updates; every full take resets it).
         self.incoming_chars = 0
-        self.policy = FlushPolicy()
-        self.armed = False  # a flush is promised for the pending text
-        self.armed_at = 0.0
-        self.arm_count = 0  # which arming ``hot`` may be set for
-        self.hot = False
-        self.last_write = 0.0  # when the timer last saw the pending text grow
-        self.seen_pending = -1
+        self.flow = FlushState(licensable=not self.forked)
         self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
         self.timer: object | None = None
         self.publisher_ident: int | None = None
@@ -109,8 +106,13 @@ class _StreamGroup:
 
     def _after_fork_in_child(self) -> None:
         # The parent's pending text is the parent's to publish, not the child's.
-        self._renew()
         self.forked = True
+        self._renew()
+
+    @property
+    def hot(self) -> bool:
+        """Whether the write fast path is licensed (see the class). Any thread."""
+        return self.flow.licensed
 
     def take(self, now: float, owner: int | None = None, keep_licence: bool = False) -> list[Chunk]:
         """Remove the pending text (of ``owner`` only, if given). Any thread.
@@ -120,36 +122,30 @@ class _StreamGroup:
         arm again.
         """
         with self.lock:
-            if owner is None and not (keep_licence and self.hot):
-                self.armed = self.hot = False  # before emptying incoming (see class)
-                self.seen_pending = -1
+            if owner is None:
+                # The licence ends (FLUSH) before incoming is emptied (see the class).
+                self.flow.handle(Event.KEEP_FLUSH if keep_licence else Event.FLUSH, now)
             self._absorb_incoming()
             chunks = self.buffer.drain(owner)
             if chunks:
-                self.policy.flushed(now)
+                self.flow.handle(Event.TOOK_TEXT, now)
         return chunks
 
-    def delay(self, interval: float) -> float | None:
-        """Seconds until the promised flush is due (0: now); None if none is promised."""
+    def delay(self, now: float, interval: float) -> float | None:
+        """Seconds until the promised flush is due (0: now); None if none is
+        promised. Any thread."""
         with self.lock:
-            if not self.armed:
-                return None
-            now, pending = time.monotonic(), self.backlog()
-            # Writes do not read the clock (the fast path); growth seen here
-            # stands in for the time of the latest write.
-            if pending != self.seen_pending:
-                self.seen_pending, self.last_write = pending, now
-            return self.policy.decide(now, self.armed_at, self.last_write, pending, interval)
+            return self.flow.due_in(now, self.backlog(), interval)
 
-    def arm(self, now: float, stale_after: float) -> int:
-        """Promise a flush unless one is; return the arming's number, 0 if none. Lock held."""
-        # Re-arm too if a flush was promised long ago but never came (an
-        # interrupt between arming and scheduling the timer).
-        if self.armed and now - self.armed_at <= stale_after:
-            return 0
-        self.armed, self.armed_at, self.hot = True, now, False
-        self.arm_count += 1
-        return self.arm_count
+    def promise(self, now: float, interval: float) -> int:
+        """Promise a flush for text just queued unless one is; return the new
+        promise's ticket, 0 if none was made. Any thread."""
+        with self.lock:
+            return self.flow.handle(Event.WRITE, now, interval=interval)
+
+    def owe(self, now: float) -> None:
+        """Text was put back for later: it is owed a flush. Lock held."""
+        self.flow.handle(Event.REQUEUE, now)
 
     def add(self, owner: int, parent: Parent, text: str) -> None:
         """Queue ``text`` in write order. Any thread, no lock (see the class)."""
@@ -174,11 +170,10 @@ class _StreamGroup:
                 self.incoming.extendleft((chunk.text, chunk.parent, chunk.owner))
                 self.incoming_chars += len(chunk.text)
 
-    def mark_hot(self, ticket: int) -> None:
-        """The timer of arming ``ticket`` is scheduled: license the fast path. Any thread."""
+    def mark_hot(self, now: float, ticket: int) -> None:
+        """The timer of promise ``ticket`` is scheduled: license the fast path. Any thread."""
         with self.lock:
-            if self.armed and self.arm_count == ticket and not self.forked:
-                self.hot = True
+            self.flow.handle(Event.TIMER_SET, now, ticket=ticket)
 
     def pack_parent(self, parent: Parent) -> bytes:
         """``parent`` as JSON, cached for the latest parent. Publishing thread."""
@@ -281,7 +276,7 @@ class _FastWriter:
         """See :meth:`OutStream.write`. Any thread."""
         # Fast path: a plain str and a flush already on its way (group.add inlined).
         group = self.group
-        if group is not None and group.hot and string.__class__ is str:
+        if group is not None and group.flow.licensed and string.__class__ is str:
             publisher = group.publisher_ident
             if publisher is None or publisher != _get_ident():
                 size = len(string)
@@ -294,7 +289,7 @@ class _FastWriter:
                     )
                 group.incoming.extend((self.owner, parent, string))
                 group.incoming_chars += size
-                if group.hot and group.incoming_chars <= self.limit:
+                if group.flow.licensed and group.incoming_chars <= self.limit:
                     return size
                 self.stream._after_fast_append(string)
                 return size
@@ -558,7 +553,7 @@ class OutStream(io.TextIOBase):
 
     def _after_fast_append(self, string: str) -> None:
         """The fast path appended ``string`` but found the flush gone or the backlog full."""
-        if not self._group.hot:  # taken meanwhile: maybe not with our text
+        if not self._group.flow.licensed:  # taken meanwhile: maybe not with our text
             self._promise_flush(string)
         else:
             self.flush()  # bounds memory: the writer waits for the IO thread
@@ -662,15 +657,14 @@ class OutStream(io.TextIOBase):
         """Make sure a flush will come for ``text``, just queued. Any thread."""
         group = self._group
         self._writer.limit = self.max_buffer_chars
-        with group.lock:
-            ticket = group.arm(_monotonic(), self.flush_interval + 1.0)
+        ticket = group.promise(_monotonic(), self.flush_interval)
         if self._publisher is None:
             if "\n" in text:
                 self._publish_complete_lines()
         elif ticket:
             self._flush_pending = True
             if self._arm_flush():
-                group.mark_hot(ticket)
+                group.mark_hot(_monotonic(), ticket)
         elif group.backlog() > self.max_buffer_chars:
             self.flush()
 
@@ -696,7 +690,7 @@ class OutStream(io.TextIOBase):
     def _io_on_timer(self) -> None:
         """Flush if due, else check again when it may be. IO thread only."""
         thread = self._publisher
-        delay = self._group.delay(self.flush_interval)
+        delay = self._group.delay(_monotonic(), self.flush_interval)
         if delay is None:
             return  # flushed meanwhile
         if delay <= 0 or getattr(thread, "stopping", False):
@@ -814,7 +808,7 @@ class OutStream(io.TextIOBase):
                         # Ahead of anything queued meanwhile: it was written first.
                         group.incoming.extendleft((rest, last.parent, self._owner))
                         group.incoming_chars += len(rest)
-                        group.armed = True
+                        group.owe(time.monotonic())
             self._publish([chunk for chunk in chunks if chunk.text])
 
     def _flush_buffers(self) -> Iterator[tuple[dict[str, Any], str]]:
