@@ -110,6 +110,9 @@ class IOPubThread:
 
     #: Seconds :meth:`stop` waits for the thread to finish the queued calls.
     stop_timeout = 30.0
+    #: Every call scheduled before :meth:`stop` runs before the thread stops (the
+    #: thread protocol of :mod:`iostream.threadlink`).
+    drains_before_stop = True
 
     def __init__(self, socket: Any, pipe: bool = False, session: Any = False) -> None:
         self.socket: Any = socket
@@ -267,6 +270,19 @@ class IOPubThread:
 
     # -- the cross-thread primitive ------------------------------------------
 
+    def on_io_thread(self) -> bool:
+        """Whether the caller is the IO thread. Any thread."""
+        return self.thread.ident == threading.get_ident()
+
+    def call_later(self, delay: float, f: Callable[[], None]) -> object:
+        """Run ``f()`` on the IO thread in ``delay`` seconds; return a handle for
+        :meth:`cancel_timer`. IO thread only (the loop is not thread-safe)."""
+        return self.io_loop.call_later(delay, f)
+
+    def cancel_timer(self, handle: object) -> None:
+        """Cancel a timer of :meth:`call_later` that has not run. IO thread only."""
+        self.io_loop.remove_timeout(handle)
+
     def schedule(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Run ``f(*args, **kwargs)`` on the IO thread, or at once if it is not running.
 
@@ -404,7 +420,7 @@ class IOPubThread:
     # -- internals: any thread -------------------------------------------------
 
     def _on_io_thread(self) -> bool:
-        """Whether the caller is the IO thread. Any thread."""
+        """:meth:`on_io_thread` (the name ipykernel-era callers may use). Any thread."""
         return self.thread.ident == threading.get_ident()
 
     def _wake_locked(self) -> None:

@@ -45,6 +45,7 @@ from .core import (
 from .fdcapture import FdCapture
 from .flushstate import Event, FlushState
 from .iothread import IOPubThread
+from .threadlink import IOThread, link
 
 logger = logging.getLogger("iostream")
 _monotonic = time.monotonic
@@ -222,22 +223,6 @@ def _group_for(key: Any) -> _StreamGroup:
             return _StreamGroup()
 
 
-def _thread_running(pub_thread: Any) -> bool:
-    running = getattr(pub_thread, "running", None)
-    if isinstance(running, bool):  # ours: no is_alive() on the hot path
-        return running
-    thread = getattr(pub_thread, "thread", None)
-    return thread is not None and thread.is_alive()
-
-
-def _on_thread_of(pub_thread: Any) -> bool:
-    """Whether the caller is ``pub_thread``'s IO thread."""
-    if isinstance(pub_thread, IOPubThread):
-        return pub_thread._on_io_thread()
-    thread = getattr(pub_thread, "thread", None)
-    return thread is not None and thread.ident == threading.get_ident()
-
-
 class _FastWriter:
     """The common case of :meth:`OutStream.write`, on a plain object.
 
@@ -356,6 +341,8 @@ class OutStream(io.TextIOBase):
         self.session = session
         self.pub_thread = pub_thread
         self._publisher = pub_thread
+        # The thread through the protocol of iostream.threadlink (None: no thread).
+        self._link: IOThread | None = None if pub_thread is None else link(pub_thread)
         self.name = name
         self.topic = b"stream." + name.encode()
         self._parent_header: contextvars.ContextVar[Parent] = contextvars.ContextVar(
@@ -378,11 +365,10 @@ class OutStream(io.TextIOBase):
         # Before anything can write (the fd reader below): holds the global parent.
         self._writer = _FastWriter(self)
         self._group.members[self._owner] = self
-        if hasattr(pub_thread, "add_stop_callback"):
-            pub_thread.add_stop_callback(self._flush_whole_group)
-        if hasattr(pub_thread, "set_child_text_handler"):
+        if self._link is not None:
+            self._link.add_stop_callback(self._flush_whole_group)
             group = self._group
-            pub_thread.set_child_text_handler(
+            self._link.set_child_text_handler(
                 group._io_receive_child_text, group._io_publish_pending
             )
         self._should_watch = self._wants_fd_capture(watchfd)
@@ -589,30 +575,30 @@ class OutStream(io.TextIOBase):
         """
         if self._closed:
             return
-        thread = self._publisher
+        thread = self._link
         deadline = _monotonic() + self.flush_timeout
         capture = self._capture
         # (Not on the IO thread: waiting for the reader could wait for ourselves,
         # as the reader may be blocked handing text to this thread.)
         if (
             capture is not None
-            and not _on_thread_of(thread)
+            and not (thread is not None and thread.on_io_thread())
             and not capture.sync(self.flush_timeout)
         ):
             print("IOStream.flush timed out", file=sys.__stderr__)
         if self._in_piping_child():
             self._flush()  # hands the text over on this thread, then waits for the ack
-            if not thread.wait_delivered(max(0.0, deadline - _monotonic())):
+            if thread is not None and not thread.wait_delivered(max(0.0, deadline - _monotonic())):
                 print("IOStream.flush timed out", file=sys.__stderr__)
             return
-        if thread is None or _on_thread_of(thread) or not _thread_running(thread):
+        if thread is None or thread.on_io_thread() or not thread.running:
             self._run_on(thread, self._flush)
             return
         done = Completion()
         thread.schedule(self._flush)
         thread.schedule(done.set)
         delivered = done.wait(max(0.0, deadline - _monotonic()))
-        if delivered and hasattr(thread, "wait_delivered"):
+        if delivered:
             delivered = thread.wait_delivered(deadline - _monotonic())
         if not delivered:
             print("IOStream.flush timed out", file=sys.__stderr__)
@@ -670,30 +656,26 @@ class OutStream(io.TextIOBase):
 
     def _in_piping_child(self) -> bool:
         """Whether this is a forked child whose thread pipes output to the parent."""
-        return self._group.forked and bool(getattr(self._publisher, "pipes_to_parent", False))
+        return self._group.forked and self._link is not None and self._link.pipes_to_parent
 
     def _arm_flush(self) -> bool:
         """Have the IO thread's timer flush; True if it will (else flushed here)."""
-        thread = self._publisher
-        if isinstance(thread, IOPubThread):
-            if thread.running:
-                thread.schedule(self._io_on_timer)
-                # Only our thread guarantees that what it queued runs before it
-                # stops, which the fast path's licence relies on.
-                return True
-        elif _thread_running(thread):
+        thread = self._link
+        if thread is not None and thread.running:
             thread.schedule(self._io_on_timer)
-            return False
+            # The licence relies on the timer running before the thread stops.
+            return thread.drains_before_stop
         self._run_on(thread, self._flush)
         return False
 
     def _io_on_timer(self) -> None:
         """Flush if due, else check again when it may be. IO thread only."""
-        thread = self._publisher
+        thread = self._link
+        assert thread is not None  # (only a thread runs timers)
         delay = self._group.delay(_monotonic(), self.flush_interval)
         if delay is None:
             return  # flushed meanwhile
-        if delay <= 0 or getattr(thread, "stopping", False):
+        if delay <= 0 or thread.stopping:
             self._timer_flushing = True  # the promised flush: it ends the licence
             try:
                 self._flush_whole_group()  # (a stopping loop would never run the timer)
@@ -702,8 +684,8 @@ class OutStream(io.TextIOBase):
             return
         group = self._group
         if group.timer is not None:
-            thread.io_loop.remove_timeout(group.timer)
-        group.timer = thread.io_loop.call_later(delay, self._io_on_timer)
+            thread.cancel_timer(group.timer)
+        group.timer = thread.call_later(delay, self._io_on_timer)
 
     def _flush_is_custom(self) -> bool:
         """Whether this stream's class overrides :meth:`_flush`. Any thread."""
@@ -715,8 +697,9 @@ class OutStream(io.TextIOBase):
         promise. The timer's flush and the stop callback. Where :meth:`_flush` runs."""
         self._flush_group(route_self=True)
 
-    def _run_on(self, thread: Any, f: Callable[[], None]) -> None:
-        if thread is None or _on_thread_of(thread):
+    def _run_on(self, thread: IOThread | None, f: Callable[[], None]) -> None:
+        """Run ``f`` here if this is the IO thread or there is none, else schedule it."""
+        if thread is None or thread.on_io_thread():
             f()
         else:
             thread.schedule(f)
@@ -744,20 +727,23 @@ class OutStream(io.TextIOBase):
         self._subprocess_flush_pending = False
         self._flush_echo()
         group = self._group
-        publisher = self._publisher
+        thread = self._link
+        on_io_thread = thread is not None and thread.on_io_thread()
         # A flush other than the timer's own, on a running thread of ours, leaves
         # the timer's promise in force: the timer still comes, and writes
         # meanwhile keep their fast path (a progress bar that flushes every step
         # arms nothing and wakes no thread). Stopping revokes it (stop callback).
         keep_licence = (
-            not self._timer_flushing
-            and isinstance(publisher, IOPubThread)
-            and publisher.running
-            and not publisher.stopping
-            and _on_thread_of(publisher)
+            on_io_thread
+            and not self._timer_flushing
+            and thread is not None
+            and thread.drains_before_stop
+            and thread.running
+            and not thread.stopping
         )
-        if group.timer is not None and not keep_licence and _on_thread_of(publisher):
-            publisher.io_loop.remove_timeout(group.timer)
+        if group.timer is not None and not keep_licence and on_io_thread:
+            assert thread is not None
+            thread.cancel_timer(group.timer)
             group.timer = None
         # Take and publish under one lock: in a forked child the writing thread
         # and the IO thread may both flush, and must not reorder the text.
@@ -858,7 +844,8 @@ class OutStream(io.TextIOBase):
             session.pid = os.getpid()  # as _send does: display() from a child must work
         try:
             packed = self._group.pack_parent(parent)
-            self._publisher.send_child_text(self._owner, self.name, packed, text)
+            assert self._link is not None  # (a piping child has a thread)
+            self._link.send_child_text(self._owner, self.name, packed, text)
         except Exception:
             logger.exception("iostream: handing %s output to the parent failed", self.name)
 
@@ -924,7 +911,7 @@ class OutStream(io.TextIOBase):
 
     @property
     def _hooks(self) -> list[Hook]:
-        if _on_thread_of(self._publisher):
+        if self._link is not None and self._link.on_io_thread():
             return self._io_hooks
         hooks: list[Hook] | None = getattr(self._local, "hooks", None)
         if hooks is None:
