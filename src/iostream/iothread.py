@@ -178,6 +178,8 @@ class IOPubThread:
     def running(self) -> bool:
         """Whether scheduled calls are queued for the IO thread (started, not stopped).
 
+        A hint, read without the lock: :meth:`schedule` decides again under it.
+
         Unlike ``thread.is_alive()``, reading this is safe when a
         KeyboardInterrupt strikes: CPython 3.11 marks a running thread as
         stopped if ``is_alive()`` is interrupted (the bpo-45274 handling).
@@ -336,6 +338,12 @@ class IOPubThread:
         """
         if self._child_needs_thread:
             self._start_child_thread()
+        if not self._is_master_process() and not self.pipes_to_parent:
+            # Dropped here, not scheduled: a scheduled call runs inline in a
+            # child (no thread), under _inline_lock, which a publisher holding
+            # its publish_lock must not take (the lock order of outstream).
+            self._warn_dropped("a forked child without pipe=True cannot reach the socket")
+            return
         if self._on_io_thread() or self._pipe_client is not None:
             self._really_send(*args, **kwargs)
         else:

@@ -9,6 +9,28 @@ thread at all).
 Streams that publish through the same thread share one ordered buffer (a
 ``_StreamGroup``), so text written to stdout and then stderr under one parent
 arrives in that order.
+
+Cross-thread handshakes, stated once. Nothing rests on the GIL except the write
+fast path, which is taken only where the GIL is enabled (:data:`LOCK_FREE_WRITES`):
+
+* the group's ``incoming`` deque and ``flow`` (the flush state) change under the
+  group's ``lock``; only the fast path appends and reads ``flow.licensed``
+  without it;
+* text is handed to the IO thread with ``schedule`` (a deque under the thread's
+  lock); a waiter is released by :class:`~iostream.completion.Completion`;
+* ``publisher_ident`` is stored by the publishing thread under ``publish_lock``
+  and compared by others only with their own ident.
+
+The lock order (a thread holding one may take only those after it):
+
+1. the thread's ``_inline_lock`` (a call run inline, without a running thread);
+2. the group's ``publish_lock`` (take and publish, in order);
+3. the group's ``lock`` (the buffer, ``incoming`` and ``flow``); the thread's
+   ``_child_start_lock`` (a forked child connecting to its parent);
+4. the thread's ``_lock`` (its queue and state), a pipe client's lock, a
+   ``Completion``: leaves, under which nothing else is taken.
+
+(``_groups_lock`` is taken alone, when a stream is made.)
 """
 
 from __future__ import annotations
@@ -56,6 +78,15 @@ _STD_FDS = {"stdout": 1, "stderr": 2}
 #: The default of the parent context variable's lookups: tells "this context holds
 #: no parent" apart from any value. Compared by identity only, never stored.
 _NO_CONTEXT: Parent = {}
+
+#: Whether writes may take the lock-free fast path: only where the GIL makes
+#: ``deque.extend`` of a tuple atomic and an unlocked ``+=`` merely inexact
+#: (see :class:`_FastWriter`). Without the GIL (free-threaded builds), or with
+#: ``IOSTREAM_LOCKED_WRITES=1`` in the environment at import (a testing aid),
+#: every write takes the group's lock. Read once, at import.
+LOCK_FREE_WRITES: bool = bool(getattr(sys, "_is_gil_enabled", lambda: True)()) and (
+    os.environ.get("IOSTREAM_LOCKED_WRITES", "") != "1"
+)
 
 
 class _StreamGroup:
@@ -149,9 +180,10 @@ class _StreamGroup:
         self.flow.handle(Event.REQUEUE, now)
 
     def add(self, owner: int, parent: Parent, text: str) -> None:
-        """Queue ``text`` in write order. Any thread, no lock (see the class)."""
-        self.incoming.extend((owner, parent, text))
-        self.incoming_chars += len(text)
+        """Queue ``text`` in write order. Any thread."""
+        with self.lock:
+            self.incoming.extend((owner, parent, text))
+            self.incoming_chars += len(text)
 
     def backlog(self) -> int:
         """About how many characters wait to be published. Any thread."""
@@ -258,8 +290,11 @@ class _FastWriter:
         self.thread_headers: dict[int | None, Parent] = {}
 
     def write(self, string: str) -> int:
-        """See :meth:`OutStream.write`. Any thread."""
-        # Fast path: a plain str and a flush already on its way (group.add inlined).
+        """See :meth:`OutStream.write`. Any thread; only where
+        :data:`LOCK_FREE_WRITES` (the GIL makes the unlocked appends safe)."""
+        # Fast path: a plain str and a flush already on its way (group.add inlined,
+        # without its lock: under the GIL ``extend`` of a tuple is atomic, and
+        # ``incoming_chars`` is a bound, reset by every full take).
         group = self.group
         if group is not None and group.flow.licensed and string.__class__ is str:
             publisher = group.publisher_ident
@@ -278,6 +313,36 @@ class _FastWriter:
                     return size
                 self.stream._after_fast_append(string)
                 return size
+        return self.stream._write_checked(string)
+
+    def write_locked(self, string: str) -> int:
+        """:meth:`write` with the group's lock around the licence check and the
+        append: nothing rests on the GIL. Any thread."""
+        group = self.group
+        if group is not None and string.__class__ is str:
+            publisher = group.publisher_ident
+            # (Only this thread ever stores its own ident there: a stale value
+            # read here is never this thread's.)
+            if publisher is None or publisher != _get_ident():
+                parent = self.parent.get(_NO_CONTEXT)  # outside the lock: may call out
+                if parent is _NO_CONTEXT:
+                    parent = (
+                        self.stream._parent_of_thread()
+                        if self.thread_headers
+                        else self.parent_global
+                    )
+                size = len(string)
+                full = False
+                with group.lock:
+                    licensed = group.flow.licensed
+                    if licensed:
+                        group.incoming.extend((self.owner, parent, string))
+                        group.incoming_chars += size
+                        full = group.incoming_chars > self.limit
+                if licensed:
+                    if full:
+                        self.stream.flush()  # bounds memory: wait for the IO thread
+                    return size
         return self.stream._write_checked(string)
 
 
@@ -378,7 +443,9 @@ class OutStream(io.TextIOBase):
             # Bound straight to the fast path, skipping one call. An instance
             # attribute, as ``write`` must be anyway (metakernel assigns it);
             # subclasses that override write() keep their own.
-            self.write = self._writer.write  # type: ignore[method-assign]
+            self.write = (  # type: ignore[method-assign]
+                self._writer.write if LOCK_FREE_WRITES else self._writer.write_locked
+            )
         self.echo = self._echo_target(echo)
 
     def _wants_fd_capture(self, watchfd: bool | str) -> bool:
@@ -535,7 +602,9 @@ class OutStream(io.TextIOBase):
         while this thread is publishing (a session or hook that prints) goes to
         the original stream instead, so it cannot loop.
         """
-        return self._writer.write(string)
+        if LOCK_FREE_WRITES:
+            return self._writer.write(string)
+        return self._writer.write_locked(string)
 
     def _after_fast_append(self, string: str) -> None:
         """The fast path appended ``string`` but found the flush gone or the backlog full."""
