@@ -30,9 +30,8 @@ import time
 import weakref
 from binascii import b2a_hex
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from enum import Enum
-from itertools import repeat
 from typing import Any
 
 import zmq
@@ -40,56 +39,23 @@ from tornado.ioloop import IOLoop
 
 from . import forksafety
 from .background_socket import BackgroundSocket
+from .childlink import CHILD, MASTER, ChildLink
 from .completion import Completion
+from .sending import Sending, _socket_type, add_reader, send_frames
 from .subprocess_pipe import PipeClient, PipeServer, TextHandler
+
+__all__ = ["CHILD", "MASTER", "PIPE_BUFFER_SIZE", "IOPubThread", "send_frames"]
 
 logger = logging.getLogger("iostream")
 
-MASTER = 0
-CHILD = 1
-
-#: Messages the IO thread reads from one socket before letting other work run.
-READ_BATCH = 256
+#: Queued calls the IO thread runs in one pass before other work gets its turn.
+CALLS_PER_PASS = 64
 
 #: Bytes read from a captured file descriptor at a time.
 PIPE_BUFFER_SIZE = 1000
 
 #: A queued call: function, args, kwargs.
 Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
-
-# pyzmq's compiled send, when its backend is the compiled one (not cffi).
-_compiled_send: Any = (
-    None if type(zmq.backend.Socket.send).__name__ == "function" else zmq.backend.Socket.send
-)
-_more_flags: dict[int, tuple[int, ...]] = {}
-
-
-def send_frames(socket: Any, frames: Sequence[Any], copy: bool = True) -> None:
-    """Send ``frames`` as one multipart message on ``socket``. Caller owns the socket.
-
-    For a plain ``zmq.Socket`` and ``bytes`` frames, every frame is handed to
-    pyzmq's compiled ``send`` from C (``map`` consumed by a ``deque``), which
-    skips the per-frame flag arithmetic of ``Socket.send_multipart`` (about
-    15 us a message). Anything else goes through ``send_multipart``. Like it,
-    this is not atomic for signals (pyzmq runs pending signal handlers after
-    each frame), which is why only the IO thread, which Python never runs a
-    signal handler on, calls it while the thread runs.
-    """
-    kind = type(socket)
-    if (
-        _compiled_send is None
-        or kind.send_multipart is not zmq.Socket.send_multipart
-        or kind.send is not zmq.Socket.send
-        or not frames
-        or not set(map(type, frames)) <= {bytes}
-    ):
-        socket.send_multipart(frames, copy=copy)
-        return
-    count = len(frames)
-    flags = _more_flags.get(count)
-    if flags is None:
-        flags = _more_flags[count] = (int(zmq.SNDMORE),) * (count - 1) + (0,)
-    deque(map(_compiled_send, repeat(socket, count), frames, flags, repeat(copy, count)), 0)
 
 
 class _State(Enum):
@@ -99,7 +65,7 @@ class _State(Enum):
     STOPPED = "stopped"  # calls run inline
 
 
-class IOPubThread:
+class IOPubThread(Sending, ChildLink):
     """Sends IOPub messages from a background thread.
 
     ``IOPubThread(socket).background_socket`` is a socket-like object whose sends
@@ -118,7 +84,8 @@ class IOPubThread:
         self.socket: Any = socket
         self.session: Any = session
         self.background_socket = BackgroundSocket(self)
-        self._master_pid = os.getpid()
+        self._master_pid = os.getpid()  # (ipykernel's attribute; forksafety detects forks)
+        self._forked = False  # this is a forked child of the process that made it
         self._pipe_flag = bool(pipe)
         self._events: deque[Event] = deque()
         self._stop_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
@@ -192,14 +159,10 @@ class IOPubThread:
         """Whether :meth:`stop` has begun (timers armed now would never fire)."""
         return self._state is _State.STOPPING or self._state is _State.STOPPED
 
-    def _is_master_process(self) -> bool:
-        return os.getpid() == self._master_pid
-
-    def _check_mp_mode(self) -> int:
-        """``CHILD`` in a forked child that pipes to its parent, else ``MASTER``."""
-        if self._pipe_flag and not self._is_master_process():
-            return CHILD
-        return MASTER
+    def _is_new(self) -> bool:
+        """Whether :meth:`start` has not been called yet. Any thread."""
+        with self._lock:
+            return self._state is _State.NEW
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -319,112 +282,6 @@ class IOPubThread:
         self.schedule(done.set)
         return done.wait(timeout) and self.wait_delivered(deadline - time.monotonic())
 
-    def wait_delivered(self, timeout: float) -> bool:
-        """In a forked child, wait until the parent has every message sent so far.
-
-        In the parent process messages are on the socket once sent: True at once.
-        Any thread.
-        """
-        client = self._pipe_client
-        if client is None or self._is_master_process():
-            return True
-        return client.wait_delivered(timeout)
-
-    def send_multipart(self, *args: Any, **kwargs: Any) -> None:
-        """Send a multipart message on the IO thread (socket-like). Any thread.
-
-        Called on the IO thread, it sends at once; so does a forked child, which
-        hands the message to its connection to the parent on the calling thread.
-        """
-        if self._child_needs_thread:
-            self._start_child_thread()
-        if not self._is_master_process() and not self.pipes_to_parent:
-            # Dropped here, not scheduled: a scheduled call runs inline in a
-            # child (no thread), under _inline_lock, which a publisher holding
-            # its publish_lock must not take (the lock order of outstream).
-            self._warn_dropped("a forked child without pipe=True cannot reach the socket")
-            return
-        if self._on_io_thread() or self._pipe_client is not None:
-            self._really_send(*args, **kwargs)
-        else:
-            self.schedule(self._really_send, *args, **kwargs)
-
-    def set_child_text_handler(
-        self, handler: TextHandler | None, publish: Callable[[], None] | None = None
-    ) -> None:
-        """Receive the stream text forked children send with :meth:`send_child_text`.
-
-        ``handler(owner, name, parent, text)`` runs on the IO thread of this (the
-        parent) process; ``publish()`` too, before a child's other message is
-        forwarded or its flush answered, so that text it wrote earlier is
-        published before them. Without a handler such text is logged and
-        dropped. Any thread.
-        """
-        self._child_text_handler = handler
-        self._child_text_publish = publish
-
-    @property
-    def pipes_to_parent(self) -> bool:
-        """Whether this is a forked child whose output goes to the parent's pipe."""
-        return self._parent_pipe is not None and not self._is_master_process()
-
-    def send_child_text(self, owner: int, name: str, parent: bytes, text: str) -> None:
-        """In a forked child, hand stream text to the parent on the calling thread.
-
-        Once this returns the text is queued on the child's one connection to the
-        parent; :meth:`flush` waits until the parent has it. Any thread, forked
-        children only (see :attr:`pipes_to_parent`).
-        """
-        if self._pipe_client is None:
-            self._start_child_thread()  # also after stop(): text flushed at exit
-        client = self._pipe_client
-        if client is None:
-            raise RuntimeError("send_child_text() needs a forked child of a pipe=True thread")
-        client.send_text(owner, name, parent, text)
-
-    def _really_send(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
-        """Perform one send: on the socket, or to the parent from a forked child.
-
-        Runs where :meth:`schedule` runs its calls. Never raises: a missing or
-        closed socket is logged once and the message dropped.
-        """
-        if self._is_master_process():
-            self._send_on_socket(msg, *args, **kwargs)
-            return
-        if not self.pipes_to_parent:
-            self._warn_dropped("a forked child without pipe=True cannot reach the socket")
-            return
-        if self._pipe_client is None:
-            self._start_child_thread()  # also after stop(): messages sent at exit
-        client = self._pipe_client
-        if client is None:
-            self._warn_dropped("could not connect to the parent process")
-            return
-        client.send([bytes(part) for part in msg])
-
-    def _send_on_socket(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
-        socket = self.socket
-        if socket is None:
-            self._warn_dropped("the IOPub socket is closed")
-            return
-        try:
-            if args or set(kwargs) - {"copy"}:
-                socket.send_multipart(msg, *args, **kwargs)
-            else:
-                send_frames(socket, msg, kwargs.get("copy", True))
-        except (zmq.ZMQError, AttributeError, ValueError) as error:
-            # (zmq.Again included: a send the caller made non-blocking is
-            # dropped, not retried, which would spin the IO thread.)
-            self._warn_dropped(f"sending failed: {error}")
-        if self._is_xpub and self._on_io_thread():
-            # A send can consume the FD edge that announces a subscription.
-            self._io_read_subscriptions()
-
-    def _warn_dropped(self, why: str) -> None:
-        if not self._warned_no_socket:
-            self._warned_no_socket = True
-            logger.warning("iostream: IOPub output dropped: %s", why)
-
     # -- internals: any thread -------------------------------------------------
 
     def _on_io_thread(self) -> bool:
@@ -471,38 +328,6 @@ class IOPubThread:
         with contextlib.suppress(zmq.ZMQError):
             self._context.term()
 
-    # -- forked children -------------------------------------------------------
-
-    def _after_fork_in_child(self) -> None:
-        """Renew per-process state; the parent's sockets are left untouched."""
-        self._events = deque()
-        self._init_process_state()
-        self._pipe_server = None
-        self._pipe_client = None
-        self._child_needs_thread = self._parent_pipe is not None
-
-    def _start_child_thread(self) -> None:
-        """In a forked child, connect to the parent and start the thread if not yet.
-
-        Other threads wait (bounded by the connection's wait) until the client
-        exists, so none of them sees a child half connected. The flag is cleared
-        only once the client exists: an interrupt here means trying again later.
-        After ``stop()`` (a child's atexit) the client is still made, for the
-        text flushed at exit, but no thread is started.
-        """
-        with self._child_start_lock:
-            if self._pipe_client is not None or not self.pipes_to_parent:
-                self._child_needs_thread = False
-                return
-            assert self._parent_pipe is not None
-            endpoint, key = self._parent_pipe
-            self._pipe_client = PipeClient(endpoint, key)
-            self._child_needs_thread = False
-        with self._lock:
-            new = self._state is _State.NEW
-        if new:
-            self.start()
-
     # -- IO thread -------------------------------------------------------------
 
     def _io_main(self) -> None:
@@ -515,16 +340,17 @@ class IOPubThread:
                 self._close_socket()
 
     def _io_setup(self) -> None:
-        self._io_add_reader(self.pipe_in, lambda _frames: None, after=self._io_run_pending)
+        add_reader(self.io_loop, self.pipe_in, lambda _frames: None, after=self._io_run_pending)
         if self._pipe_server is not None:
             server = self._pipe_server
-            self._io_add_reader(
+            add_reader(
+                self.io_loop,
                 server.socket,
                 lambda frames: server.handle(
                     frames, self._really_send, self._child_text_handler, self._child_text_publish
                 ),
             )
-        if self._is_xpub and self._is_master_process():
+        if self._is_xpub and not self._forked:
             self.io_loop.add_handler(self.socket, self._io_on_socket_event, IOLoop.READ)
             self._io_read_subscriptions()
         self._io_run_pending()
@@ -539,32 +365,12 @@ class IOPubThread:
                 self.io_loop.remove_handler(self.socket)
         self.io_loop.close(all_fds=False)
 
-    def _io_add_reader(
-        self,
-        sock: zmq.Socket[bytes],
-        on_message: Callable[[list[bytes]], None],
-        after: Callable[[], None] | None = None,
-    ) -> None:
-        """Call ``on_message`` for every message ``sock`` receives, then ``after``."""
-
-        def on_event(_fd: Any, _events: int) -> None:
-            # zmq's FD is edge-triggered: read until no message is left, but at
-            # most a batch at a time, so busy children cannot starve the loop.
-            for _ in range(READ_BATCH):
-                if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    break
-                on_message(sock.recv_multipart(zmq.NOBLOCK))
-            else:
-                self.io_loop.add_callback(on_event, None, 0)  # the edge is spent
-            if after is not None:
-                after()
-
-        self.io_loop.add_handler(sock, on_event, IOLoop.READ)
-        on_event(sock, 0)
-
     def _io_run_pending(self) -> None:
-        """Run queued calls in FIFO order until none is left."""
-        while True:
+        """Run queued calls in FIFO order: at most ``CALLS_PER_PASS``, then let the
+        loop run its other work (timers, sockets, a forked child's pipe) before
+        the next pass, as trio runs its entry queue. ``_wake_pending`` stays set
+        until the queue is seen empty, so schedulers meanwhile wake nobody."""
+        for _ in range(CALLS_PER_PASS):
             with self._lock:
                 if not self._events:
                     self._wake_pending = False
@@ -574,51 +380,8 @@ class IOPubThread:
                     return
                 f, args, kwargs = self._events.popleft()
             self._call(f, args, kwargs)
+        self.io_loop.add_callback(self._io_run_pending)  # the rest in the next pass
 
     def _io_run_stop_callbacks(self) -> None:
         for callback in self._stop_callbacks_alive():
             self._call(callback, (), {})
-
-    def _io_on_socket_event(self, _fd: Any, _events: int) -> None:
-        self._io_read_subscriptions()
-
-    def _io_read_subscriptions(self) -> None:
-        """Read XPUB (un)subscriptions; welcome each subscriber (JEP 65)."""
-        socket = self.socket
-        if socket is None:
-            return
-        try:
-            while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                frame = socket.recv(zmq.NOBLOCK)
-                if frame[:1] == b"\x01":
-                    self._io_welcome(frame[1:])
-        except zmq.ZMQError as error:
-            logger.debug("iostream: reading subscriptions failed: %s", error)
-
-    def _io_welcome(self, topic: bytes) -> None:
-        session = self.session
-        if not session or not hasattr(session, "send"):
-            return
-        try:
-            subscription = topic.decode("utf-8")
-        except UnicodeDecodeError:
-            return
-        try:
-            session.send(
-                self.socket,
-                "iopub_welcome",
-                {"subscription": subscription},
-                parent={},
-                ident=topic or None,
-            )
-        except Exception:
-            logger.exception("iostream: sending iopub_welcome failed")
-
-
-def _socket_type(socket: Any) -> int | None:
-    if not hasattr(socket, "getsockopt"):
-        return None
-    try:
-        return int(socket.getsockopt(zmq.TYPE))
-    except zmq.ZMQError:
-        return None
