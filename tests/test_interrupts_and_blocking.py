@@ -254,3 +254,41 @@ os._exit(0)
     code_rc, out, err = run_python(code, timeout=30)
     assert code_rc == 0, err
     assert "interrupted after" in out, (out, err)
+
+
+def test_writes_between_explicit_flushes_wake_nobody() -> None:
+    """An explicit flush keeps the timer's promise (the licence): in a progress
+    bar the write after each flush schedules nothing, so each step costs the
+    flush's own round trip and no second wake-up of the IO thread."""
+
+    class CountingThread(iostream.IOPubThread):
+        calls: list[str]
+
+        def schedule(self, f: Any, *args: Any, **kwargs: Any) -> None:
+            self.calls.append(getattr(f, "__name__", repr(f)))
+            super().schedule(f, *args, **kwargs)
+
+    context = zmq.Context()
+    socket = context.socket(zmq.PUB)
+    socket.linger = 0
+    socket.bind("tcp://127.0.0.1:*")
+    thread = CountingThread(socket, session=Session(key=KEY))
+    thread.calls = []
+    thread.start()
+    stream = iostream.OutStream(Session(key=KEY), thread, "stdout", watchfd=False)
+    stream.flush_interval = 60.0  # the timer's own flush never comes during the loop
+    try:
+        stream.write("start\n")  # promises the flush and licenses the fast path
+        assert thread.flush(5)
+        thread.calls.clear()
+        for i in range(50):
+            stream.write(f"\r{i}/50")
+            stream.flush()
+        timers = [name for name in thread.calls if name == "_io_on_timer"]
+        assert timers == [], thread.calls
+        assert len(thread.calls) == 2 * 50  # each flush: publish, then answer
+    finally:
+        stream.close()
+        thread.stop()
+        thread.close()
+        context.term()
