@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iostream.core import (
-    FlushPolicy,
     OutputBuffer,
     Utf8Decoder,
     complete_lines,
@@ -159,58 +158,6 @@ def test_decoding_random_bytes_never_raises(data: bytes, step: int) -> None:
     out = "".join(decoder.decode(data[i : i + step]) for i in range(0, len(data), step))
     out += decoder.finish()
     assert out == data.decode("utf-8", "replace")
-
-
-# -- flush policy ----------------------------------------------------------------------
-
-
-def test_first_output_after_idle_is_due_almost_at_once() -> None:
-    policy = FlushPolicy(idle_delay=0.002)
-    assert policy.due(100.0, 0.2) == pytest.approx(100.002)
-    assert policy.decide(100.002, 100.0, 100.0, 5, 0.2) == 0
-    policy.flushed(100.0)
-    assert policy.due(100.5, 0.2) == pytest.approx(100.502)
-
-
-def test_sustained_output_is_batched_per_interval() -> None:
-    policy = FlushPolicy(idle_delay=0.002, quiet_gap=0.01)
-    policy.flushed(10.0)
-    assert policy.due(10.05, 0.2) == pytest.approx(10.2)
-    # small output: not due before the interval ends; ask again after quiet_gap
-    assert policy.decide(10.06, 10.05, 10.059, 100, 0.2) == pytest.approx(0.01)
-    assert policy.decide(10.15, 10.05, 10.06, 100, 0.2) == pytest.approx(0.01)
-    assert policy.decide(10.2, 10.05, 10.199, 100, 0.2) == 0
-
-
-def test_a_large_burst_that_went_quiet_is_flushed_early() -> None:
-    policy = FlushPolicy(idle_delay=0.002, quiet_gap=0.01, burst_chars=1000)
-    policy.flushed(10.0)
-    # still writing: wait until it goes quiet
-    assert policy.decide(10.05, 10.01, 10.049, 5000, 0.2) == pytest.approx(0.009)
-    # quiet for quiet_gap: due now, well before the interval ends
-    assert policy.decide(10.06, 10.01, 10.049, 5000, 0.2) == 0
-
-
-def test_idle_delay_never_exceeds_interval() -> None:
-    assert FlushPolicy(idle_delay=1.0).due(0.0, 0.2) == pytest.approx(0.2)
-
-
-@given(
-    st.floats(0, 10),
-    st.floats(0, 1),
-    st.floats(0, 1),
-    st.integers(0, 1 << 20),
-    st.floats(0.001, 1),
-)
-def test_decide_never_postpones_past_the_due_time(
-    armed_at: float, age: float, since_write: float, pending: int, interval: float
-) -> None:
-    policy = FlushPolicy()
-    policy.flushed(armed_at - 0.05)
-    now = armed_at + age
-    wait = policy.decide(now, armed_at, now - since_write, pending, interval)
-    assert wait >= 0
-    assert now + wait <= max(now, policy.due(armed_at, interval)) + 1e-9
 
 
 @settings(max_examples=300)

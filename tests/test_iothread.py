@@ -339,3 +339,32 @@ def test_background_socket_recv_and_close() -> None:
     assert thread.closed and not thread.thread.is_alive()
     push.close()
     context.term()
+
+
+def test_a_long_queue_lets_the_loop_run_between_passes() -> None:
+    """Queued calls run a bounded batch per pass: other work of the loop (timers,
+    a forked child's pipe, add_callback) gets its turn long before a queue of
+    thousands is done, and the queue still runs whole and in order."""
+    from iostream.iothread import CALLS_PER_PASS
+
+    context = zmq.Context()
+    socket = context.socket(zmq.PUB)
+    socket.linger = 0
+    thread = iostream.IOPubThread(socket)
+    thread.start()
+    order: list[Any] = []
+
+    def flood() -> None:
+        thread.io_loop.add_callback(order.append, "loop")
+        for i in range(20 * CALLS_PER_PASS):
+            thread.schedule(order.append, i)
+
+    try:
+        thread.schedule(flood)
+        assert thread.flush(10)
+    finally:
+        thread.stop()
+        thread.close()
+        context.term()
+    assert [x for x in order if x != "loop"] == list(range(20 * CALLS_PER_PASS))
+    assert order.index("loop") <= CALLS_PER_PASS

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 from support import run_python
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "iostream"
 
 BLOCK_IPYKERNEL = """
 import importlib.abc, sys
@@ -43,3 +48,127 @@ def test_install_is_exported_and_swaps_ipykernel_iostream() -> None:
     rc, out, err = run_python(code)
     assert rc == 0, err
     assert out == "True True\n"
+
+
+def _source_trees() -> list[tuple[str, ast.Module]]:
+    return [
+        (path.name, ast.parse(path.read_text(encoding="utf-8")))
+        for path in sorted(SRC.glob("*.py"))
+    ]
+
+
+def test_no_signal_juggling_ctypes_or_frame_walking_in_the_library() -> None:
+    """The library never touches signal handlers, C structures or the call stack:
+    only the IO thread sends, so Ctrl-C needs no special handling."""
+    found = []
+    for name, tree in _source_trees():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                modules = []
+            found += [
+                f"{name}:{node.lineno}: import {m}"
+                for m in modules
+                if m.split(".")[0] in {"ctypes", "_signal", "signal"}
+            ]
+            if isinstance(node, ast.Attribute) and node.attr in {"_getframe", "f_back"}:
+                found.append(f"{name}:{node.lineno}: .{node.attr}")
+    assert found == []
+
+
+def _import_time_nodes(tree: ast.AST) -> list[ast.AST]:
+    """The nodes that run when the module is imported (not inside functions, whose
+    imports are lazy by design), ``if TYPE_CHECKING:`` blocks included."""
+    nodes: list[ast.AST] = []
+    for child in ast.iter_child_nodes(tree):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            nodes.append(child)
+            nodes.extend(_import_time_nodes(child))
+    return nodes
+
+
+def _imports_of(name: str, tree: ast.Module) -> set[str]:
+    """The modules of this package that ``name`` imports when imported (also for
+    typing only)."""
+    found = set()
+    for node in _import_time_nodes(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("iostream."):
+            found.add((node.module or "").split(".")[1])
+        elif isinstance(node, ast.ImportFrom) and node.module == "iostream":
+            found.add("__init__")
+        elif isinstance(node, ast.Import):
+            found.update(
+                alias.name.split(".")[1] if "." in alias.name else "__init__"
+                for alias in node.names
+                if alias.name.split(".")[0] == "iostream"
+            )
+    return found - {name}
+
+
+def test_the_modules_import_each_other_without_a_cycle() -> None:
+    graph = {path[:-3]: _imports_of(path[:-3], tree) for path, tree in _source_trees()}
+    modules = set(graph)
+    assert {m for deps in graph.values() for m in deps} <= modules | {"__init__"}
+    done: set[str] = set()
+
+    def visit(module: str, stack: list[str]) -> None:
+        assert module not in stack, " -> ".join([*stack, module])
+        if module in done:
+            return
+        for dep in sorted(graph.get(module, ())):
+            visit(dep, [*stack, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module != "__init__":
+            visit(module, [])
+    assert "outstream" not in graph["iothread"] and "iothread" not in graph["background_socket"]
+
+
+def test_outstream_talks_to_its_thread_only_through_the_protocol() -> None:
+    """No type checks of the thread, no private calls into it, no loop timers in
+    OutStream's modules: only the methods of iostream.threadlink's protocol."""
+    trees = dict(_source_trees())
+    stream_modules = [
+        "outstream.py",
+        "publishing.py",
+        "parents.py",
+        "writepath.py",
+        "streamgroup.py",
+    ]
+    found = []
+    for node in (n for name in stream_modules for n in ast.walk(trees[name])):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "isinstance"
+            and any(isinstance(a, ast.Name) and a.id == "IOPubThread" for a in ast.walk(node))
+        ):
+            found.append(f"{node.lineno}: isinstance(..., IOPubThread)")
+        if isinstance(node, ast.Attribute) and node.attr in {
+            "_on_io_thread",
+            "remove_timeout",
+            "io_loop",
+        }:
+            found.append(f"{node.lineno}: .{node.attr}")
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "call_later"
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "io_loop"
+        ):
+            found.append(f"{node.lineno}: io_loop.call_later")
+    assert found == []
+
+
+def test_no_module_is_over_400_lines() -> None:
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in SRC.glob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 400} == {}

@@ -115,12 +115,11 @@ def _reads_platform_directly(path: Path) -> list[str]:
 
 def test_only_the_platform_module_reads_sys_platform() -> None:
     """Every per-platform branch goes through iostream.platform, so that forcing a
-    platform reaches all of them (exclusive.py is on its way out)."""
-    exempt = {"platform.py", "exclusive.py"}
+    platform reaches all of them."""
     found = [
         hit
         for path in sorted(SRC.glob("*.py"))
-        if path.name not in exempt
+        if path.name != "platform.py"
         for hit in _reads_platform_directly(path)
     ]
     assert found == []

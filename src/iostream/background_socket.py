@@ -13,16 +13,16 @@ import zmq
 from .completion import Completion
 
 if TYPE_CHECKING:
-    from .iothread import IOPubThread
+    from .threadlink import SocketOwner
 
 
 class BackgroundSocket:
     """``send``/``send_multipart`` through ``io_thread``; other socket attributes
     forward to ``io_thread.socket`` with a DeprecationWarning."""
 
-    io_thread: IOPubThread | None = None
+    io_thread: SocketOwner | None = None
 
-    def __init__(self, io_thread: IOPubThread) -> None:
+    def __init__(self, io_thread: SocketOwner) -> None:
         object.__setattr__(self, "io_thread", io_thread)
 
     @property
@@ -30,7 +30,7 @@ class BackgroundSocket:
         """The underlying socket of the IO thread."""
         return self._thread().socket
 
-    def _thread(self) -> IOPubThread:
+    def _thread(self) -> SocketOwner:
         thread = self.io_thread
         if thread is None:
             raise ValueError("BackgroundSocket has no IO thread")

@@ -1,9 +1,9 @@
 """The sans-IO core: buffering, coalescing, splitting and decoding of stream text.
 
-Nothing here owns a thread, a socket, a lock or a clock. Callers pass the current
-time in (``now``, seconds on any monotonic scale) and do their own locking: every
-class in this module is single-threaded, and the I/O layers (:mod:`iostream.outstream`,
-:mod:`iostream.fdcapture`) serialise access to it.
+Nothing here owns a thread, a socket, a lock or a clock. Every class in this
+module is single-threaded, and the I/O layers (:mod:`iostream.outstream`,
+:mod:`iostream.fdcapture`) serialise access to it. When a flush is due is decided
+by the sibling sans-IO module :mod:`iostream.flushstate`.
 
 The model:
 
@@ -45,53 +45,6 @@ class _Run:
     owner: int
     parent: Parent
     parts: list[str] = field(default_factory=list)
-
-
-class FlushPolicy:
-    """Decides when buffered text is due.
-
-    * Output after an idle period goes out almost at once (``idle_delay``), so
-      the first line of a cell appears without waiting.
-    * While output keeps coming it is batched: the next flush is due one
-      ``interval`` after the previous one.
-    * A large burst (``burst_chars`` or more pending) that has gone quiet for
-      ``quiet_gap`` is flushed without waiting for the interval to end.
-    """
-
-    def __init__(
-        self, idle_delay: float = 0.002, quiet_gap: float = 0.01, burst_chars: int = 1 << 16
-    ) -> None:
-        self.idle_delay = idle_delay
-        self.quiet_gap = quiet_gap
-        self.burst_chars = burst_chars
-        self._last_flush: float | None = None
-
-    def due(self, armed_at: float, interval: float) -> float:
-        """When text first buffered at ``armed_at`` is due at the latest."""
-        last = self._last_flush
-        if last is None or armed_at - last >= interval:
-            return armed_at + min(self.idle_delay, interval)
-        return last + interval
-
-    def decide(
-        self, now: float, armed_at: float, last_write: float, pending: int, interval: float
-    ) -> float:
-        """0 if a flush is due ``now``; else how long to wait before asking again.
-
-        ``armed_at`` is when the oldest pending text was written, ``last_write``
-        when the newest was, ``pending`` how many characters wait.
-        """
-        due = self.due(armed_at, interval)
-        quiet_at = last_write + self.quiet_gap
-        if now >= due or (pending >= self.burst_chars and now >= quiet_at):
-            return 0.0
-        return max(
-            0.0, min(due, quiet_at if pending >= self.burst_chars else now + self.quiet_gap) - now
-        )
-
-    def flushed(self, now: float) -> None:
-        """Record that buffered text was flushed at ``now``."""
-        self._last_flush = now
 
 
 class OutputBuffer:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import ClassVar
 
-from . import platform
+from . import forksafety, platform
 from .completion import Completion
 from .core import Utf8Decoder
 
@@ -60,7 +60,8 @@ class FdCapture:
     def __init__(self, fd: int, on_text: Callable[[str], None]) -> None:
         self.fd = fd
         self._on_text = on_text
-        self._pid = os.getpid()
+        self._forked = False  # this is a forked child of the process that made it
+        forksafety.register(self)
         self._decoder = Utf8Decoder()
         self._echo_ok = True
         self.original_copy = os.dup(fd)
@@ -128,7 +129,7 @@ class FdCapture:
         ended; False if the reader did not answer within ``timeout`` seconds.
         Any thread but the reader's.
         """
-        if self.thread is None or os.getpid() != self._pid:
+        if self.thread is None or self._forked:
             return True
         if threading.current_thread() is self.thread or not self._has_pending():
             return True
@@ -205,6 +206,10 @@ class FdCapture:
         except OSError:
             self._echo_ok = False
 
+    def _after_fork_in_child(self) -> None:
+        # The reader thread and the pipe's other users stayed in the parent.
+        self._forked = True
+
     def close(self, timeout: float = 10.0) -> None:
         """Restore ``fd``, publish everything written before, release every fd.
 
@@ -213,7 +218,7 @@ class FdCapture:
         In a forked child only the descriptor is restored.
         """
         os.dup2(self.original_copy, self.fd)
-        if os.getpid() != self._pid:
+        if self._forked:
             return
         with contextlib.suppress(BlockingIOError):  # full of requests: it is awake
             os.write(self._stop_write, STOP)

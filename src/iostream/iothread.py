@@ -13,11 +13,9 @@ The one cross-thread primitive is :meth:`IOPubThread.schedule`. Its guarantee:
 * it never blocks on the IO thread: it appends to a deque under a short lock and
   wakes the thread through an inproc pipe only if the thread is not already awake.
 
-Its shortcut is :meth:`IOPubThread.run_exclusive`: when the IO thread is asleep
-and nothing is queued, the caller does the work itself, as the IO thread would,
-holding the *executor lock* that the IO thread holds whenever it is awake (see
-:mod:`iostream.exclusive`). "Runs on the IO thread" below means "runs holding the
-executor lock": on the IO thread, or inside ``run_exclusive``.
+Only the IO thread ever sends on the socket while the thread runs, so a signal
+handler (Ctrl-C's KeyboardInterrupt), which Python runs on the main thread, can
+never cut a message in half.
 """
 
 from __future__ import annotations
@@ -32,9 +30,8 @@ import time
 import weakref
 from binascii import b2a_hex
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from enum import Enum
-from itertools import repeat
 from typing import Any
 
 import zmq
@@ -42,65 +39,23 @@ from tornado.ioloop import IOLoop
 
 from . import forksafety
 from .background_socket import BackgroundSocket
+from .childlink import CHILD, MASTER, ChildLink
 from .completion import Completion
-from .exclusive import ReleasingSelector, SignalsDeferred
+from .sending import Sending, _socket_type, add_reader, send_frames
 from .subprocess_pipe import PipeClient, PipeServer, TextHandler
+
+__all__ = ["CHILD", "MASTER", "PIPE_BUFFER_SIZE", "IOPubThread", "send_frames"]
 
 logger = logging.getLogger("iostream")
 
-MASTER = 0
-CHILD = 1
-
-#: Messages the IO thread reads from one socket before letting other work run.
-READ_BATCH = 256
+#: Queued calls the IO thread runs in one pass before other work gets its turn.
+CALLS_PER_PASS = 64
 
 #: Bytes read from a captured file descriptor at a time.
 PIPE_BUFFER_SIZE = 1000
 
-#: A queued call: function, args, kwargs, and whether it is ordered (may not be
-#: overtaken by :meth:`IOPubThread.run_exclusive`).
-Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], bool]
-
-# pyzmq's compiled send, when its backend is the compiled one (not cffi).
-_compiled_send: Any = (
-    None if type(zmq.backend.Socket.send).__name__ == "function" else zmq.backend.Socket.send
-)
-_more_flags: dict[tuple[int, bool], tuple[int, ...]] = {}
-
-
-def send_frames(
-    socket: Any, frames: Sequence[Any], copy: bool = True, dontwait: bool = False
-) -> None:
-    """Send ``frames`` as one multipart message on ``socket``. Caller owns the socket.
-
-    For a plain ``zmq.Socket`` and ``bytes`` frames, every frame is handed to
-    pyzmq's compiled ``send`` from C (``map`` consumed by a ``deque``), which
-    skips the per-frame flag arithmetic of ``Socket.send_multipart`` (about
-    15 us a message). Anything else goes through ``send_multipart``. Like it,
-    this is not atomic for signals: pyzmq runs pending signal handlers after
-    each frame, so on the main thread call it with signals held back
-    (:class:`~iostream.exclusive.SignalsDeferred`). With ``dontwait`` a socket
-    that would block (``XPUB_NODROP`` at its high-water mark) raises
-    ``zmq.Again`` at the first frame, having sent nothing (zmq takes a
-    multipart message whole or not at all).
-    """
-    kind = type(socket)
-    if (
-        _compiled_send is None
-        or kind.send_multipart is not zmq.Socket.send_multipart
-        or kind.send is not zmq.Socket.send
-        or not frames
-        or not set(map(type, frames)) <= {bytes}
-    ):
-        socket.send_multipart(frames, copy=copy, flags=zmq.DONTWAIT if dontwait else 0)
-        return
-    count = len(frames)
-    flags = _more_flags.get((count, dontwait))
-    if flags is None:
-        extra = int(zmq.DONTWAIT) if dontwait else 0
-        more = int(zmq.SNDMORE) | extra
-        flags = _more_flags[(count, dontwait)] = (more,) * (count - 1) + (extra,)
-    deque(map(_compiled_send, repeat(socket, count), frames, flags, repeat(copy, count)), 0)
+#: A queued call: function, args, kwargs.
+Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 class _State(Enum):
@@ -110,7 +65,7 @@ class _State(Enum):
     STOPPED = "stopped"  # calls run inline
 
 
-class IOPubThread:
+class IOPubThread(Sending, ChildLink):
     """Sends IOPub messages from a background thread.
 
     ``IOPubThread(socket).background_socket`` is a socket-like object whose sends
@@ -121,12 +76,16 @@ class IOPubThread:
 
     #: Seconds :meth:`stop` waits for the thread to finish the queued calls.
     stop_timeout = 30.0
+    #: Every call scheduled before :meth:`stop` runs before the thread stops (the
+    #: thread protocol of :mod:`iostream.threadlink`).
+    drains_before_stop = True
 
     def __init__(self, socket: Any, pipe: bool = False, session: Any = False) -> None:
         self.socket: Any = socket
         self.session: Any = session
         self.background_socket = BackgroundSocket(self)
-        self._master_pid = os.getpid()
+        self._master_pid = os.getpid()  # (ipykernel's attribute; forksafety detects forks)
+        self._forked = False  # this is a forked child of the process that made it
         self._pipe_flag = bool(pipe)
         self._events: deque[Event] = deque()
         self._stop_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
@@ -136,7 +95,6 @@ class IOPubThread:
         self._child_text_handler: TextHandler | None = None
         self._child_text_publish: Callable[[], None] | None = None
         self._is_xpub = _socket_type(socket) == zmq.XPUB
-        self._socket_blocking: tuple[Any, bool] = (None, False)
         self._close_when_stopped = False  # close() left the socket to the thread
         if self._is_xpub:
             # Without VERBOSE, XPUB passes up only the first subscription to a
@@ -156,13 +114,6 @@ class IOPubThread:
         self._lock = threading.Lock()
         self._child_start_lock = threading.Lock()
         self._inline_lock = threading.RLock()
-        # Held by the IO thread whenever it is awake (an RLock only so that
-        # run_exclusive can tell whether it holds it: see there).
-        self._executor_lock = threading.RLock()
-        self._exclusive_ident: int | None = None  # who runs inside run_exclusive
-        # Threads whose latest exclusive run queued sends (see _send_on_socket).
-        self._spilled: set[int] = set()
-        self._ordered_queued = 0  # queued calls that run_exclusive may not overtake
         self._state = _State.NEW
         self._wake_pending = False
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -172,8 +123,7 @@ class IOPubThread:
         self.pipe_in.bind(address)
         self.pipe_out: zmq.Socket[bytes] = self._context.socket(zmq.PUSH)
         self.pipe_out.connect(address)
-        self._selector = ReleasingSelector(self._executor_lock)
-        selector_loop = asyncio.SelectorEventLoop(self._selector)
+        selector_loop = asyncio.SelectorEventLoop()
         self.io_loop: IOLoop = IOLoop(make_current=False, asyncio_loop=selector_loop)
         self.thread = threading.Thread(target=self._io_main, name="IOPub", daemon=True)
         self.thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
@@ -195,6 +145,8 @@ class IOPubThread:
     def running(self) -> bool:
         """Whether scheduled calls are queued for the IO thread (started, not stopped).
 
+        A hint, read without the lock: :meth:`schedule` decides again under it.
+
         Unlike ``thread.is_alive()``, reading this is safe when a
         KeyboardInterrupt strikes: CPython 3.11 marks a running thread as
         stopped if ``is_alive()`` is interrupted (the bpo-45274 handling).
@@ -207,14 +159,10 @@ class IOPubThread:
         """Whether :meth:`stop` has begun (timers armed now would never fire)."""
         return self._state is _State.STOPPING or self._state is _State.STOPPED
 
-    def _is_master_process(self) -> bool:
-        return os.getpid() == self._master_pid
-
-    def _check_mp_mode(self) -> int:
-        """``CHILD`` in a forked child that pipes to its parent, else ``MASTER``."""
-        if self._pipe_flag and not self._is_master_process():
-            return CHILD
-        return MASTER
+    def _is_new(self) -> bool:
+        """Whether :meth:`start` has not been called yet. Any thread."""
+        with self._lock:
+            return self._state is _State.NEW
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -243,8 +191,7 @@ class IOPubThread:
                 running = False
             else:
                 running = True
-                self._events.append((self._io_run_stop_callbacks, (), {}, True))
-                self._ordered_queued += 1
+                self._events.append((self._io_run_stop_callbacks, (), {}))
                 self._state = _State.STOPPING
                 self._wake_locked()
         if running or self.thread.is_alive():
@@ -288,90 +235,26 @@ class IOPubThread:
 
     # -- the cross-thread primitive ------------------------------------------
 
+    def on_io_thread(self) -> bool:
+        """Whether the caller is the IO thread. Any thread."""
+        return self.thread.ident == threading.get_ident()
+
+    def call_later(self, delay: float, f: Callable[[], None]) -> object:
+        """Run ``f()`` on the IO thread in ``delay`` seconds; return a handle for
+        :meth:`cancel_timer`. IO thread only (the loop is not thread-safe)."""
+        return self.io_loop.call_later(delay, f)
+
+    def cancel_timer(self, handle: object) -> None:
+        """Cancel a timer of :meth:`call_later` that has not run. IO thread only."""
+        self.io_loop.remove_timeout(handle)
+
     def schedule(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Run ``f(*args, **kwargs)`` on the IO thread, or at once if it is not running.
 
         See the module docstring for the ordering and completion guarantee.
         Exceptions raised by ``f`` are logged, never propagated. Any thread.
         """
-        self._enqueue((f, args, kwargs, True))
-
-    def schedule_overtakable(self, f: Callable[[], Any]) -> None:
-        """As :meth:`schedule`, except that :meth:`run_exclusive` may overtake it.
-
-        For idempotent checks (is a flush due yet?) whose place in the queue
-        does not matter. Any thread.
-        """
-        self._enqueue((f, (), {}, False))
-
-    def run_exclusive(self, f: Callable[[], Any]) -> bool:
-        """Run ``f()`` now on the calling thread, in place of the IO thread, if possible.
-
-        Possible when the thread is running, asleep (waiting for events, not
-        woken and waiting for its turn) and nothing is queued but overtakable
-        calls: then running ``f`` here keeps
-        every guarantee of :meth:`schedule` (in order after every call
-        scheduled before, never beside another) and saves the round trip.
-        Returns whether ``f`` ran; if not, nothing happened. If ``f`` sent a
-        message the socket could not take at once, that message and the ones
-        after it are queued for the IO thread instead (see :meth:`spilled`). On the main thread,
-        signals that Python handles are held back while ``f`` runs and
-        delivered once it is done (see :class:`~iostream.exclusive.SignalsDeferred`).
-        Exceptions raised by ``f`` are logged, never propagated. Any thread
-        (returns False on the IO thread and inside ``f``).
-        """
-        if self._on_io_thread() or not self._is_master_process() or self._selector.wants_lock:
-            return False
-        if not self._sends_never_block():
-            return False  # (a blocked send must stay on the IO thread: see there)
-        lock = self._executor_lock
-        deferral = SignalsDeferred()
-        try:
-            if not deferral.begin():
-                return False
-            try:
-                if not lock.acquire(blocking=False):
-                    return False
-                try:
-                    with self._lock:
-                        if self._state is not _State.RUNNING or self._ordered_queued:
-                            return False
-                    try:
-                        self._spilled.discard(threading.get_ident())
-                        self._exclusive_ident = threading.get_ident()
-                        self._call(f, (), {})
-                    finally:
-                        self._exclusive_ident = None
-                finally:
-                    lock.release()
-            finally:
-                deferral.end()
-        except BaseException:
-            # Only an asynchronous exception can get here with the lock held
-            # (between acquire() and the try); a held lock would park the IO
-            # thread forever.
-            self._exclusive_ident = None
-            if lock._is_owned():  # type: ignore[attr-defined]
-                lock.release()
-            raise
-        return True
-
-    def _sends_never_block(self) -> bool:
-        """Whether a send on the socket returns at once (PUB, XPUB drop at their
-        high-water mark). A send that can block (PUSH without a peer) must never
-        run on a caller whose signals are held back: Ctrl-C could not stop it,
-        and ``flush_timeout`` bounds only a wait for the IO thread."""
-        socket = self.socket
-        cached, never_blocks = self._socket_blocking
-        if cached is not socket:
-            never_blocks = _socket_type(socket) in (zmq.PUB, zmq.XPUB)
-            self._socket_blocking = (socket, never_blocks)
-        return never_blocks
-
-    def spilled(self) -> bool:
-        """Whether the latest :meth:`run_exclusive` of the calling thread queued
-        sends for the IO thread (so that waiting for them is still to do)."""
-        return threading.get_ident() in self._spilled
+        self._enqueue((f, args, kwargs))
 
     def _enqueue(self, event: Event) -> None:
         if self._child_needs_thread:
@@ -379,11 +262,10 @@ class IOPubThread:
         with self._lock:
             if self._state is _State.RUNNING or self._state is _State.STOPPING:
                 self._events.append(event)
-                self._ordered_queued += event[3]
                 if not self._wake_pending:
                     self._wake_locked()
                 return
-        f, args, kwargs, _ordered = event
+        f, args, kwargs = event
         with self._inline_lock:
             self._call(f, args, kwargs)
 
@@ -400,132 +282,11 @@ class IOPubThread:
         self.schedule(done.set)
         return done.wait(timeout) and self.wait_delivered(deadline - time.monotonic())
 
-    def wait_delivered(self, timeout: float) -> bool:
-        """In a forked child, wait until the parent has every message sent so far.
-
-        In the parent process messages are on the socket once sent: True at once.
-        Any thread.
-        """
-        client = self._pipe_client
-        if client is None or self._is_master_process():
-            return True
-        return client.wait_delivered(timeout)
-
-    def send_multipart(self, *args: Any, **kwargs: Any) -> None:
-        """Send a multipart message on the IO thread (socket-like). Any thread.
-
-        Called on the IO thread, it sends at once; so does a forked child, which
-        hands the message to its connection to the parent on the calling thread.
-        """
-        if self._child_needs_thread:
-            self._start_child_thread()
-        if self._on_io_thread() or self._pipe_client is not None:
-            self._really_send(*args, **kwargs)
-        else:
-            self.schedule(self._really_send, *args, **kwargs)
-
-    def set_child_text_handler(
-        self, handler: TextHandler | None, publish: Callable[[], None] | None = None
-    ) -> None:
-        """Receive the stream text forked children send with :meth:`send_child_text`.
-
-        ``handler(owner, name, parent, text)`` runs on the IO thread of this (the
-        parent) process; ``publish()`` too, before a child's other message is
-        forwarded or its flush answered, so that text it wrote earlier is
-        published before them. Without a handler such text is logged and
-        dropped. Any thread.
-        """
-        self._child_text_handler = handler
-        self._child_text_publish = publish
-
-    @property
-    def pipes_to_parent(self) -> bool:
-        """Whether this is a forked child whose output goes to the parent's pipe."""
-        return self._parent_pipe is not None and not self._is_master_process()
-
-    def send_child_text(self, owner: int, name: str, parent: bytes, text: str) -> None:
-        """In a forked child, hand stream text to the parent on the calling thread.
-
-        Once this returns the text is queued on the child's one connection to the
-        parent; :meth:`flush` waits until the parent has it. Any thread, forked
-        children only (see :attr:`pipes_to_parent`).
-        """
-        if self._pipe_client is None:
-            self._start_child_thread()  # also after stop(): text flushed at exit
-        client = self._pipe_client
-        if client is None:
-            raise RuntimeError("send_child_text() needs a forked child of a pipe=True thread")
-        client.send_text(owner, name, parent, text)
-
-    def _really_send(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
-        """Perform one send: on the socket, or to the parent from a forked child.
-
-        Runs where :meth:`schedule` runs its calls. Never raises: a missing or
-        closed socket is logged once and the message dropped.
-        """
-        if self._is_master_process():
-            self._send_on_socket(msg, *args, **kwargs)
-            return
-        if not self.pipes_to_parent:
-            self._warn_dropped("a forked child without pipe=True cannot reach the socket")
-            return
-        if self._pipe_client is None:
-            self._start_child_thread()  # also after stop(): messages sent at exit
-        client = self._pipe_client
-        if client is None:
-            self._warn_dropped("could not connect to the parent process")
-            return
-        client.send([bytes(part) for part in msg])
-
-    def _send_on_socket(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
-        socket = self.socket
-        if socket is None:
-            self._warn_dropped("the IOPub socket is closed")
-            return
-        ident = threading.get_ident()
-        exclusive = self._exclusive_ident == ident
-        if exclusive and ident in self._spilled:
-            self._spill(ident, msg, args, kwargs)
-            return
-        try:
-            if args or set(kwargs) - {"copy"}:
-                socket.send_multipart(msg, *args, **kwargs)
-            else:
-                send_frames(socket, msg, kwargs.get("copy", True), dontwait=exclusive)
-        except zmq.Again as error:
-            if not exclusive:  # (the caller's own NOBLOCK: as any failed send)
-                self._warn_dropped(f"sending failed: {error}")
-                return
-            # The socket would block: a send that blocks must happen on the IO
-            # thread, where waits are bounded and Ctrl-C works.
-            self._spill(ident, msg, args, kwargs)
-            return
-        except (zmq.ZMQError, AttributeError, ValueError) as error:
-            self._warn_dropped(f"sending failed: {error}")
-        if self._is_xpub and self._on_io_thread():
-            # A send can consume the FD edge that announces a subscription.
-            self._io_read_subscriptions()
-
-    def _spill(self, ident: int, msg: list[Any], args: tuple[Any, ...], kw: dict[str, Any]) -> None:
-        """Queue a send of an exclusive run for the IO thread, and every later one.
-
-        Nothing ordered is queued during an exclusive run, so queueing this and
-        every later message of the run keeps them in order.
-        """
-        self._spilled.add(ident)
-        self._enqueue((self._send_on_socket, (msg, *args), kw, True))
-
-    def _warn_dropped(self, why: str) -> None:
-        if not self._warned_no_socket:
-            self._warned_no_socket = True
-            logger.warning("iostream: IOPub output dropped: %s", why)
-
     # -- internals: any thread -------------------------------------------------
 
     def _on_io_thread(self) -> bool:
-        """Whether the caller acts as the IO thread: it is, or runs in :meth:`run_exclusive`."""
-        ident = threading.get_ident()
-        return self.thread.ident == ident or self._exclusive_ident == ident
+        """:meth:`on_io_thread` (the name ipykernel-era callers may use). Any thread."""
+        return self.thread.ident == threading.get_ident()
 
     def _wake_locked(self) -> None:
         """Wake the IO thread. Caller holds ``_lock`` (which serialises pipe_out).
@@ -567,66 +328,29 @@ class IOPubThread:
         with contextlib.suppress(zmq.ZMQError):
             self._context.term()
 
-    # -- forked children -------------------------------------------------------
-
-    def _after_fork_in_child(self) -> None:
-        """Renew per-process state; the parent's sockets are left untouched."""
-        self._events = deque()
-        self._init_process_state()
-        self._pipe_server = None
-        self._pipe_client = None
-        self._child_needs_thread = self._parent_pipe is not None
-
-    def _start_child_thread(self) -> None:
-        """In a forked child, connect to the parent and start the thread if not yet.
-
-        Other threads wait (bounded by the connection's wait) until the client
-        exists, so none of them sees a child half connected. The flag is cleared
-        only once the client exists: an interrupt here means trying again later.
-        After ``stop()`` (a child's atexit) the client is still made, for the
-        text flushed at exit, but no thread is started.
-        """
-        with self._child_start_lock:
-            if self._pipe_client is not None or not self.pipes_to_parent:
-                self._child_needs_thread = False
-                return
-            assert self._parent_pipe is not None
-            endpoint, key = self._parent_pipe
-            self._pipe_client = PipeClient(endpoint, key)
-            self._child_needs_thread = False
-        with self._lock:
-            new = self._state is _State.NEW
-        if new:
-            self.start()
-
     # -- IO thread -------------------------------------------------------------
 
     def _io_main(self) -> None:
-        # Held whenever this thread is awake; the loop's selector lets go of it
-        # only while waiting for events.
-        self._executor_lock.acquire()
+        self.io_loop.add_callback(self._io_setup)
         try:
-            self.io_loop.add_callback(self._io_setup)
-            try:
-                self.io_loop.start()
-            finally:
-                self._io_teardown()
-                if self._close_when_stopped:  # close() gave up waiting for us
-                    self._close_socket()
+            self.io_loop.start()
         finally:
-            self._executor_lock.release()
+            self._io_teardown()
+            if self._close_when_stopped:  # close() gave up waiting for us
+                self._close_socket()
 
     def _io_setup(self) -> None:
-        self._io_add_reader(self.pipe_in, lambda _frames: None, after=self._io_run_pending)
+        add_reader(self.io_loop, self.pipe_in, lambda _frames: None, after=self._io_run_pending)
         if self._pipe_server is not None:
             server = self._pipe_server
-            self._io_add_reader(
+            add_reader(
+                self.io_loop,
                 server.socket,
                 lambda frames: server.handle(
                     frames, self._really_send, self._child_text_handler, self._child_text_publish
                 ),
             )
-        if self._is_xpub and self._is_master_process():
+        if self._is_xpub and not self._forked:
             self.io_loop.add_handler(self.socket, self._io_on_socket_event, IOLoop.READ)
             self._io_read_subscriptions()
         self._io_run_pending()
@@ -641,32 +365,12 @@ class IOPubThread:
                 self.io_loop.remove_handler(self.socket)
         self.io_loop.close(all_fds=False)
 
-    def _io_add_reader(
-        self,
-        sock: zmq.Socket[bytes],
-        on_message: Callable[[list[bytes]], None],
-        after: Callable[[], None] | None = None,
-    ) -> None:
-        """Call ``on_message`` for every message ``sock`` receives, then ``after``."""
-
-        def on_event(_fd: Any, _events: int) -> None:
-            # zmq's FD is edge-triggered: read until no message is left, but at
-            # most a batch at a time, so busy children cannot starve the loop.
-            for _ in range(READ_BATCH):
-                if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    break
-                on_message(sock.recv_multipart(zmq.NOBLOCK))
-            else:
-                self.io_loop.add_callback(on_event, None, 0)  # the edge is spent
-            if after is not None:
-                after()
-
-        self.io_loop.add_handler(sock, on_event, IOLoop.READ)
-        on_event(sock, 0)
-
     def _io_run_pending(self) -> None:
-        """Run queued calls in FIFO order until none is left."""
-        while True:
+        """Run queued calls in FIFO order: at most ``CALLS_PER_PASS``, then let the
+        loop run its other work (timers, sockets, a forked child's pipe) before
+        the next pass, as trio runs its entry queue. ``_wake_pending`` stays set
+        until the queue is seen empty, so schedulers meanwhile wake nobody."""
+        for _ in range(CALLS_PER_PASS):
             with self._lock:
                 if not self._events:
                     self._wake_pending = False
@@ -674,54 +378,10 @@ class IOPubThread:
                         self._state = _State.STOPPED
                         self.io_loop.stop()
                     return
-                f, args, kwargs, ordered = self._events.popleft()
-                self._ordered_queued -= ordered
+                f, args, kwargs = self._events.popleft()
             self._call(f, args, kwargs)
+        self.io_loop.add_callback(self._io_run_pending)  # the rest in the next pass
 
     def _io_run_stop_callbacks(self) -> None:
         for callback in self._stop_callbacks_alive():
             self._call(callback, (), {})
-
-    def _io_on_socket_event(self, _fd: Any, _events: int) -> None:
-        self._io_read_subscriptions()
-
-    def _io_read_subscriptions(self) -> None:
-        """Read XPUB (un)subscriptions; welcome each subscriber (JEP 65)."""
-        socket = self.socket
-        if socket is None:
-            return
-        try:
-            while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                frame = socket.recv(zmq.NOBLOCK)
-                if frame[:1] == b"\x01":
-                    self._io_welcome(frame[1:])
-        except zmq.ZMQError as error:
-            logger.debug("iostream: reading subscriptions failed: %s", error)
-
-    def _io_welcome(self, topic: bytes) -> None:
-        session = self.session
-        if not session or not hasattr(session, "send"):
-            return
-        try:
-            subscription = topic.decode("utf-8")
-        except UnicodeDecodeError:
-            return
-        try:
-            session.send(
-                self.socket,
-                "iopub_welcome",
-                {"subscription": subscription},
-                parent={},
-                ident=topic or None,
-            )
-        except Exception:
-            logger.exception("iostream: sending iopub_welcome failed")
-
-
-def _socket_type(socket: Any) -> int | None:
-    if not hasattr(socket, "getsockopt"):
-        return None
-    try:
-        return int(socket.getsockopt(zmq.TYPE))
-    except zmq.ZMQError:
-        return None

@@ -7,314 +7,66 @@ when there is no running IO thread (before ``start``, after ``stop``, without a
 thread at all).
 
 Streams that publish through the same thread share one ordered buffer (a
-``_StreamGroup``), so text written to stdout and then stderr under one parent
-arrives in that order.
+``_StreamGroup``, :mod:`iostream.streamgroup`), so text written to stdout and then
+stderr under one parent arrives in that order. The class is assembled from
+:mod:`iostream.parents` (parent routing), :mod:`iostream.publishing` (buffering,
+flushing, sending, hooks, echo) and :mod:`iostream.writepath` (the write path);
+it talks to its thread through :mod:`iostream.threadlink` only.
+
+Cross-thread handshakes, stated once. Nothing rests on the GIL except the write
+fast path, which is taken only where the GIL is enabled (:data:`LOCK_FREE_WRITES`):
+
+* the group's ``incoming`` deque and ``flow`` (the flush state) change under the
+  group's ``lock``; only the fast path appends and reads ``flow.licensed``
+  without it;
+* text is handed to the IO thread with ``schedule`` (a deque under the thread's
+  lock); a waiter is released by :class:`~iostream.completion.Completion`;
+* ``publisher_ident`` is stored by the publishing thread under ``publish_lock``
+  and compared by others only with their own ident.
+
+The lock order (a thread holding one may take only those after it):
+
+1. the thread's ``_inline_lock`` (a call run inline, without a running thread);
+2. the group's ``publish_lock`` (take and publish, in order);
+3. the group's ``lock`` (the buffer, ``incoming`` and ``flow``); the thread's
+   ``_child_start_lock`` (a forked child connecting to its parent);
+4. the thread's ``_lock`` (its queue and state), a pipe client's lock, a
+   ``Completion``: leaves, under which nothing else is taken.
+
+(``_groups_lock`` is taken alone, when a stream is made.)
 """
 
 from __future__ import annotations
 
 import contextvars
 import io
-import json
-import logging
 import os
 import sys
 import threading
 import time
 import warnings
-import weakref
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from itertools import repeat, starmap
+from collections.abc import Iterable
 from typing import Any
-
-from jupyter_client.jsonutil import json_default
-from jupyter_client.session import extract_header
 
 from . import forksafety
 from .completion import Completion
-from .core import (
-    DEFAULT_MAX_MESSAGE_CHARS,
-    Chunk,
-    FlushPolicy,
-    OutputBuffer,
-    Parent,
-    complete_lines,
-    make_publishable,
-    split_text,
-)
+from .core import DEFAULT_MAX_MESSAGE_CHARS, Parent
 from .fdcapture import FdCapture
 from .iothread import IOPubThread
+from .parents import ParentRouting
+from .publishing import Hook, Publishing
+from .streamgroup import _group_for
+from .threadlink import IOThread, link
+from .writepath import LOCK_FREE_WRITES, _FastWriter
 
-logger = logging.getLogger("iostream")
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
-
-Hook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 _STD_FDS = {"stdout": 1, "stderr": 2}
-#: The default of the parent context variable's lookups: tells "this context holds
-#: no parent" apart from any value. Compared by identity only, never stored.
-_NO_CONTEXT: Parent = {}
+
+__all__ = ["LOCK_FREE_WRITES", "Hook", "OutStream"]
 
 
-class _StreamGroup:
-    """The shared buffer of the streams that publish through one thread or session.
-
-    Writes from any thread append ``(owner, parent, text)`` to ``incoming``, a
-    deque (atomic under the GIL, no lock: the write fast path). ``lock`` guards
-    ``buffer`` (the sans-IO :class:`~iostream.core.OutputBuffer` that ``incoming``
-    is moved into when text is taken), ``policy`` and the arming state. ``timer``
-    is IO-thread-only; ``publisher_ident`` names the thread that is publishing, so
-    output it produces meanwhile goes to the original stream instead of looping.
-
-    ``hot`` is the fast path's licence: a flush is promised *and* its timer is
-    known to be scheduled on a running IO thread. It is set once ``schedule`` has
-    returned (an interrupt before that leaves it unset, and the slow path re-arms)
-    and cleared by :meth:`take` *before* it empties ``incoming``. So a writer that
-    appends and then still sees ``hot`` knows a later take will find its text;
-    one that sees it cleared arms a flush itself.
-    """
-
-    def __init__(self) -> None:
-        self.members: weakref.WeakValueDictionary[int, OutStream] = weakref.WeakValueDictionary()
-        self.forked = False  # this process is a fork of the one that made the group
-        self._renew()
-        forksafety.register(self)
-
-    def _renew(self) -> None:
-        self.lock = threading.Lock()
-        self.publish_lock = threading.RLock()
-        self.buffer = OutputBuffer()
-        # Writes, flat: owner, parent, text, owner, ... (``deque.extend`` of a
-        # tuple is atomic under the GIL; the tuple is freed at once, so queued
-        # writes hold no object the garbage collector tracks: a deque of tuples
-        # made every full collection walk the backlog).
-        self.incoming: deque[Any] = deque()
-        # Characters in ``incoming``: a bound, not a count (unlocked ``+=`` from
-        # several threads may lose updates; every full take resets it).
-        self.incoming_chars = 0
-        self.policy = FlushPolicy()
-        self.armed = False  # a flush is promised for the pending text
-        self.armed_at = 0.0
-        self.arm_count = 0  # which arming ``hot`` may be set for
-        self.hot = False
-        self.last_write = 0.0  # when the timer last saw the pending text grow
-        self.seen_pending = -1
-        self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
-        self.timer: object | None = None
-        self.publisher_ident: int | None = None
-        # Owners whose own ``_flush`` override is running (publish_lock held):
-        # text of theirs that a flush takes meanwhile is theirs to publish.
-        self.overrides_running: set[int] = set()
-
-    def _after_fork_in_child(self) -> None:
-        # The parent's pending text is the parent's to publish, not the child's.
-        self._renew()
-        self.forked = True
-
-    def take(self, now: float, owner: int | None = None, keep_licence: bool = False) -> list[Chunk]:
-        """Remove the pending text (of ``owner`` only, if given). Any thread.
-
-        ``keep_licence``: a flush that is not the promised one (the timer still
-        comes) leaves a ``hot`` licence in force, so writes after it need not
-        arm again.
-        """
-        with self.lock:
-            if owner is None and not (keep_licence and self.hot):
-                self.armed = self.hot = False  # before emptying incoming (see class)
-                self.seen_pending = -1
-            self._absorb_incoming()
-            chunks = self.buffer.drain(owner)
-            if chunks:
-                self.policy.flushed(now)
-        return chunks
-
-    def delay(self, interval: float) -> float | None:
-        """Seconds until the promised flush is due (0: now); None if none is promised."""
-        with self.lock:
-            if not self.armed:
-                return None
-            now, pending = time.monotonic(), self.backlog()
-            # Writes do not read the clock (the fast path); growth seen here
-            # stands in for the time of the latest write.
-            if pending != self.seen_pending:
-                self.seen_pending, self.last_write = pending, now
-            return self.policy.decide(now, self.armed_at, self.last_write, pending, interval)
-
-    def arm(self, now: float, stale_after: float) -> int:
-        """Promise a flush unless one is; return the arming's number, 0 if none. Lock held."""
-        # Re-arm too if a flush was promised long ago but never came (an
-        # interrupt between arming and scheduling the timer).
-        if self.armed and now - self.armed_at <= stale_after:
-            return 0
-        self.armed, self.armed_at, self.hot = True, now, False
-        self.arm_count += 1
-        return self.arm_count
-
-    def add(self, owner: int, parent: Parent, text: str) -> None:
-        """Queue ``text`` in write order. Any thread, no lock (see the class)."""
-        self.incoming.extend((owner, parent, text))
-        self.incoming_chars += len(text)
-
-    def backlog(self) -> int:
-        """About how many characters wait to be published. Any thread."""
-        return self.buffer.pending_chars + self.incoming_chars
-
-    def _absorb_incoming(self) -> None:
-        """Move ``incoming`` into ``buffer``, keeping write order. Lock held."""
-        incoming = self.incoming
-        # popleft, never a swap: a writer may be about to append to this deque.
-        self.buffer.extend(list(starmap(incoming.popleft, repeat((), len(incoming)))))
-        self.incoming_chars = 0
-
-    def requeue(self, chunks: list[Chunk]) -> None:
-        """Put taken but unpublished chunks back ahead of everything. Any thread."""
-        with self.lock:
-            for chunk in reversed(chunks):
-                self.incoming.extendleft((chunk.text, chunk.parent, chunk.owner))
-                self.incoming_chars += len(chunk.text)
-
-    def mark_hot(self, ticket: int) -> None:
-        """The timer of arming ``ticket`` is scheduled: license the fast path. Any thread."""
-        with self.lock:
-            if self.armed and self.arm_count == ticket and not self.forked:
-                self.hot = True
-
-    def runs_no_user_code(self) -> bool:
-        """Whether publishing calls no hook and flushes no echo target. Any thread.
-
-        Only then may a caller publish with its signals held back
-        (``run_exclusive``): user code could block there, and Ctrl-C could not
-        stop it.
-        """
-        return not any(
-            stream._io_hooks or stream._echo is not None or stream._flush_is_custom()
-            for stream in list(self.members.values())
-        )
-
-    def pack_parent(self, parent: Parent) -> bytes:
-        """``parent`` as JSON, cached for the latest parent. Publishing thread."""
-        last, packed = self.packed_parent
-        if last is not parent:
-            packed = json.dumps(parent, default=json_default).encode()
-            self.packed_parent = (parent, packed)
-        return packed
-
-    def _io_receive_child_text(self, owner: int, name: str, parent: Parent, text: str) -> None:
-        """Buffer text a forked child wrote to its copy of one of our streams.
-
-        IO thread only (the thread's child text handler).
-        """
-        stream = self.members.get(owner)
-        if stream is None or stream.name != name:  # (an id may have been reused)
-            stream = next((s for s in list(self.members.values()) if s.name == name), None)
-        if stream is None:
-            logger.warning("iostream: dropped %s output of a child: no such stream", name)
-            return
-        stream._buffer_under(parent, text)
-
-    def _io_publish_pending(self) -> None:
-        """Publish what is pending now (a child's text before its next message).
-
-        IO thread only (the thread's child text publisher).
-        """
-        if self.backlog():
-            stream = next(iter(list(self.members.values())), None)
-            if stream is not None:
-                stream._flush_whole_group()
-
-
-_groups: weakref.WeakKeyDictionary[Any, _StreamGroup] = weakref.WeakKeyDictionary()
-_groups_lock = threading.Lock()
-
-
-def _group_for(key: Any) -> _StreamGroup:
-    with _groups_lock:
-        try:
-            group = _groups.get(key)
-            if group is None:
-                group = _groups[key] = _StreamGroup()
-            return group
-        except TypeError:  # not weak-referenceable or not hashable: no sharing
-            return _StreamGroup()
-
-
-def _thread_running(pub_thread: Any) -> bool:
-    running = getattr(pub_thread, "running", None)
-    if isinstance(running, bool):  # ours: no is_alive() on the hot path
-        return running
-    thread = getattr(pub_thread, "thread", None)
-    return thread is not None and thread.is_alive()
-
-
-def _on_thread_of(pub_thread: Any) -> bool:
-    """Whether the caller acts as ``pub_thread``'s IO thread (ours: also inside
-    its ``run_exclusive``)."""
-    if isinstance(pub_thread, IOPubThread):
-        return pub_thread._on_io_thread()
-    thread = getattr(pub_thread, "thread", None)
-    return thread is not None and thread.ident == threading.get_ident()
-
-
-class _FastWriter:
-    """The common case of :meth:`OutStream.write`, on a plain object.
-
-    Attribute access on instances of ``io.TextIOBase`` subclasses costs about
-    half again as much as on a plain slotted object, and this runs for every
-    write. ``group`` is None while the stream is closed or echoing, which sends
-    every write to the checked path. ``limit`` is the stream's
-    ``max_buffer_chars``, refreshed whenever a write takes the slow path.
-    ``thread_links`` and ``thread_headers`` are the stream's
-    ``_thread_to_parent`` and ``_thread_to_parent_header`` (empty unless
-    ipykernel 6.29's kernel fills them, see :meth:`OutStream._parent_of_thread`).
-    """
-
-    __slots__ = (
-        "group",
-        "limit",
-        "owner",
-        "parent",
-        "parent_global",
-        "stream",
-        "thread_headers",
-        "thread_links",
-    )
-
-    def __init__(self, stream: OutStream) -> None:
-        self.stream = stream
-        self.group: _StreamGroup | None = None
-        self.limit = stream.max_buffer_chars
-        self.owner = stream._owner
-        self.parent = stream._parent_header
-        self.parent_global: Parent = {}
-        self.thread_links: dict[int | None, int | None] = {}
-        self.thread_headers: dict[int | None, Parent] = {}
-
-    def write(self, string: str) -> int:
-        """See :meth:`OutStream.write`. Any thread."""
-        # Fast path: a plain str and a flush already on its way (group.add inlined).
-        group = self.group
-        if group is not None and group.hot and string.__class__ is str:
-            publisher = group.publisher_ident
-            if publisher is None or publisher != _get_ident():
-                size = len(string)
-                parent = self.parent.get(_NO_CONTEXT)
-                if parent is _NO_CONTEXT:  # a thread that set no parent of its own
-                    parent = (
-                        self.stream._parent_of_thread()
-                        if self.thread_headers
-                        else self.parent_global
-                    )
-                group.incoming.extend((self.owner, parent, string))
-                group.incoming_chars += size
-                if group.hot and group.incoming_chars <= self.limit:
-                    return size
-                self.stream._after_fast_append(string)
-                return size
-        return self.stream._write_checked(string)
-
-
-class OutStream(io.TextIOBase):
+class OutStream(ParentRouting, Publishing, io.TextIOBase):
     """A file-like object that publishes what is written to it on IOPub.
 
     ``OutStream(session, pub_thread, name)`` as in ipykernel; the name-first form
@@ -374,17 +126,23 @@ class OutStream(io.TextIOBase):
         self.session = session
         self.pub_thread = pub_thread
         self._publisher = pub_thread
+        # The thread through the protocol of iostream.threadlink (None: no thread).
+        self._link: IOThread | None = None if pub_thread is None else link(pub_thread)
         self.name = name
         self.topic = b"stream." + name.encode()
         self._parent_header: contextvars.ContextVar[Parent] = contextvars.ContextVar(
             f"parent_header_{name}"
         )
         self._parent_header.set({})
-        self._master_pid = os.getpid()
+        self._master_pid = os.getpid()  # (ipykernel's attribute; forksafety detects forks)
+        # Whether session.pid was set in this process (Session drops messages
+        # whose pid is another process's: a fork, or a session made before one).
+        self._session_pid_set = False
+        forksafety.register(self)
         self._flush_pending = False
         self._subprocess_flush_pending = False
         self._local = threading.local()
-        self._io_hooks: list[Hook] = []  # the IO thread's, also in its exclusive runs
+        self._io_hooks: list[Hook] = []  # the IO thread's hooks
         self._timer_flushing = False  # the timer's flush is running (IO thread)
         self._isatty = bool(isatty)
         self._closed = False
@@ -396,11 +154,10 @@ class OutStream(io.TextIOBase):
         # Before anything can write (the fd reader below): holds the global parent.
         self._writer = _FastWriter(self)
         self._group.members[self._owner] = self
-        if hasattr(pub_thread, "add_stop_callback"):
-            pub_thread.add_stop_callback(self._flush_whole_group)
-        if hasattr(pub_thread, "set_child_text_handler"):
+        if self._link is not None:
+            self._link.add_stop_callback(self._flush_whole_group)
             group = self._group
-            pub_thread.set_child_text_handler(
+            self._link.set_child_text_handler(
                 group._io_receive_child_text, group._io_publish_pending
             )
         self._should_watch = self._wants_fd_capture(watchfd)
@@ -410,7 +167,9 @@ class OutStream(io.TextIOBase):
             # Bound straight to the fast path, skipping one call. An instance
             # attribute, as ``write`` must be anyway (metakernel assigns it);
             # subclasses that override write() keep their own.
-            self.write = self._writer.write  # type: ignore[method-assign]
+            self.write = (  # type: ignore[method-assign]
+                self._writer.write if LOCK_FREE_WRITES else self._writer.write_locked
+            )
         self.echo = self._echo_target(echo)
 
     def _wants_fd_capture(self, watchfd: bool | str) -> bool:
@@ -449,95 +208,6 @@ class OutStream(io.TextIOBase):
         self._echo = value
         self._writer.group = self._group if value is None and not self._closed else None
 
-    # -- parent routing ----------------------------------------------------
-
-    @property
-    def parent_header(self) -> Parent:
-        """The parent of the current context (thread or task), else of the thread's
-        oldest ancestor in ipykernel 6.29's thread maps, else the global one."""
-        return self._current_parent()
-
-    @parent_header.setter
-    def parent_header(self, value: Parent) -> None:
-        self._parent_header.set(value)
-        self._writer.parent_global = value
-
-    def _current_parent(self) -> Parent:
-        """What :attr:`parent_header` returns. Any thread."""
-        parent = self._parent_header.get(_NO_CONTEXT)
-        if parent is not _NO_CONTEXT:
-            return parent
-        writer = self._writer
-        return self._parent_of_thread() if writer.thread_headers else writer.parent_global
-
-    def _parent_of_thread(self) -> Parent:
-        """The parent for the calling thread when its context holds none. Any thread.
-
-        ipykernel 6.29's ``IPythonKernel`` records, as each thread starts, the
-        cell that was running when a thread of the kernel's own started it
-        (``_thread_to_parent_header[ident]``), or the thread that started it
-        (``_thread_to_parent[ident]``), and removes the entries of finished
-        threads. Output of a thread then goes to its oldest recorded ancestor's
-        cell, else to the global parent, as 6.29's own OutStream routes it. A
-        cycle (a thread ident reused while its entry was kept) ends the walk.
-        """
-        writer = self._writer
-        links = writer.thread_links
-        ident: int | None = _get_ident()
-        for _ in range(len(links)):
-            if ident not in links:
-                break
-            ident = links.get(ident, ident)  # (another thread may remove it meanwhile)
-        return writer.thread_headers.get(ident, writer.parent_global)
-
-    @property
-    def _thread_to_parent_header(self) -> dict[int | None, Parent]:
-        """Thread ident to the parent its output goes to (ipykernel 6.29's map)."""
-        return self._writer.thread_headers
-
-    @_thread_to_parent_header.setter
-    def _thread_to_parent_header(self, value: dict[int | None, Parent]) -> None:
-        self._writer.thread_headers = value
-
-    @property
-    def _thread_to_parent(self) -> dict[int | None, int | None]:
-        """Thread ident to the ident of the thread that started it (ipykernel 6.29's map)."""
-        return self._writer.thread_links
-
-    @_thread_to_parent.setter
-    def _thread_to_parent(self, value: dict[int | None, int | None]) -> None:
-        self._writer.thread_links = value
-
-    @property
-    def _parent_header_global(self) -> Parent:
-        """The parent of threads and contexts that set none (ipykernel's attribute)."""
-        return self._writer.parent_global
-
-    @_parent_header_global.setter
-    def _parent_header_global(self, value: Parent) -> None:
-        self._writer.parent_global = value
-
-    def set_parent(self, parent: Any) -> None:
-        """Set the parent for the current context and as the global fallback.
-
-        Set directly, not through :attr:`parent_header`: ACT-R's Python interface
-        replaces that property on the class with one that only keeps
-        ``_parent_header_global``. A replaced property is assigned too.
-        """
-        header = extract_header(parent)
-        self._parent_header.set(header)
-        self._writer.parent_global = header
-        if type(self).parent_header is not _OWN_PARENT_HEADER:
-            self.parent_header = header
-
-    def set_thread_parent(self, parent: Any) -> contextvars.Token[Parent]:
-        """Set the parent for the calling thread or context only; returns a token."""
-        return self._parent_header.set(extract_header(parent))
-
-    def reset_thread_parent(self, token: contextvars.Token[Parent]) -> None:
-        """Undo the :meth:`set_thread_parent` call that returned ``token``."""
-        self._parent_header.reset(token)
-
     # -- TextIOBase --------------------------------------------------------
 
     @property
@@ -567,11 +237,13 @@ class OutStream(io.TextIOBase):
         while this thread is publishing (a session or hook that prints) goes to
         the original stream instead, so it cannot loop.
         """
-        return self._writer.write(string)
+        if LOCK_FREE_WRITES:
+            return self._writer.write(string)
+        return self._writer.write_locked(string)
 
     def _after_fast_append(self, string: str) -> None:
         """The fast path appended ``string`` but found the flush gone or the backlog full."""
-        if not self._group.hot:  # taken meanwhile: maybe not with our text
+        if not self._group.flow.licensed:  # taken meanwhile: maybe not with our text
             self._promise_flush(string)
         else:
             self.flush()  # bounds memory: the writer waits for the IO thread
@@ -607,37 +279,30 @@ class OutStream(io.TextIOBase):
         """
         if self._closed:
             return
-        thread = self._publisher
+        thread = self._link
         deadline = _monotonic() + self.flush_timeout
         capture = self._capture
         # (Not on the IO thread: waiting for the reader could wait for ourselves,
         # as the reader may be blocked handing text to this thread.)
         if (
             capture is not None
-            and not _on_thread_of(thread)
+            and not (thread is not None and thread.on_io_thread())
             and not capture.sync(self.flush_timeout)
         ):
             print("IOStream.flush timed out", file=sys.__stderr__)
         if self._in_piping_child():
             self._flush()  # hands the text over on this thread, then waits for the ack
-            if not thread.wait_delivered(max(0.0, deadline - _monotonic())):
+            if thread is not None and not thread.wait_delivered(max(0.0, deadline - _monotonic())):
                 print("IOStream.flush timed out", file=sys.__stderr__)
             return
-        if thread is None or _on_thread_of(thread) or not _thread_running(thread):
+        if thread is None or thread.on_io_thread() or not thread.running:
             self._run_on(thread, self._flush)
             return
-        if (
-            isinstance(thread, IOPubThread)
-            and self._group.runs_no_user_code()
-            and thread.run_exclusive(self._flush)
-            and not thread.spilled()
-        ):
-            return  # published here, in order, without a round trip
         done = Completion()
         thread.schedule(self._flush)
         thread.schedule(done.set)
         delivered = done.wait(max(0.0, deadline - _monotonic()))
-        if delivered and hasattr(thread, "wait_delivered"):
+        if delivered:
             delivered = thread.wait_delivered(deadline - _monotonic())
         if not delivered:
             print("IOStream.flush timed out", file=sys.__stderr__)
@@ -655,323 +320,6 @@ class OutStream(io.TextIOBase):
         finally:
             self._closed = True
             self.pub_thread = None
-
-    # -- buffering -----------------------------------------------------------
-
-    def _buffer_text(self, text: str) -> None:
-        """Add text under the current parent and make sure a flush will come."""
-        self._buffer_under(self._current_parent(), text)
-
-    def _buffer_under(self, parent: Parent, text: str) -> None:
-        """Add text under ``parent`` and make sure a flush will come. Any thread."""
-        group = self._group
-        group.add(self._owner, parent, text)
-        if group.forked and self._publisher is not None:
-            # A forked child is line-buffered, as a terminal is: complete lines go
-            # to the parent at once (which batches them; pools kill their workers
-            # without a flush), a partial line at the next newline, flush() or
-            # exit. Whole lines keep children writing at once from interleaving.
-            if "\n" in text:
-                self._publish_complete_lines()
-            elif group.backlog() > self.max_message_chars:
-                self._flush()
-        else:
-            self._promise_flush(text)
-
-    def _promise_flush(self, text: str) -> None:
-        """Make sure a flush will come for ``text``, just queued. Any thread."""
-        group = self._group
-        self._writer.limit = self.max_buffer_chars
-        with group.lock:
-            ticket = group.arm(_monotonic(), self.flush_interval + 1.0)
-        if self._publisher is None:
-            if "\n" in text:
-                self._publish_complete_lines()
-        elif ticket:
-            self._flush_pending = True
-            if self._arm_flush():
-                group.mark_hot(ticket)
-        elif group.backlog() > self.max_buffer_chars:
-            self.flush()
-
-    def _in_piping_child(self) -> bool:
-        """Whether this is a forked child whose thread pipes output to the parent."""
-        return self._group.forked and bool(getattr(self._publisher, "pipes_to_parent", False))
-
-    def _arm_flush(self) -> bool:
-        """Have the IO thread's timer flush; True if it will (else flushed here)."""
-        thread = self._publisher
-        if isinstance(thread, IOPubThread):
-            if thread.running:
-                # A later flush() may overtake the check: it publishes all anyway.
-                thread.schedule_overtakable(self._io_on_timer)
-                # Only our thread guarantees that what it queued runs before it
-                # stops, which the fast path's licence relies on.
-                return True
-        elif _thread_running(thread):
-            thread.schedule(self._io_on_timer)
-            return False
-        self._run_on(thread, self._flush)
-        return False
-
-    def _io_on_timer(self) -> None:
-        """Flush if due, else check again when it may be. IO thread only."""
-        thread = self._publisher
-        delay = self._group.delay(self.flush_interval)
-        if delay is None:
-            return  # flushed meanwhile
-        if delay <= 0 or getattr(thread, "stopping", False):
-            self._timer_flushing = True  # the promised flush: it ends the licence
-            try:
-                self._flush_whole_group()  # (a stopping loop would never run the timer)
-            finally:
-                self._timer_flushing = False
-            return
-        group = self._group
-        if group.timer is not None:
-            thread.io_loop.remove_timeout(group.timer)
-        group.timer = thread.io_loop.call_later(delay, self._io_on_timer)
-
-    def _flush_is_custom(self) -> bool:
-        """Whether this stream's class overrides :meth:`_flush`. Any thread."""
-        return type(self)._flush is not OutStream._flush
-
-    def _flush_whole_group(self) -> None:
-        """Publish everything pending in the group, this stream's text included
-        through its own ``_flush`` where its class overrides it; ends the flush
-        promise. The timer's flush and the stop callback. Where :meth:`_flush` runs."""
-        self._flush_group(route_self=True)
-
-    def _run_on(self, thread: Any, f: Callable[[], None]) -> None:
-        if thread is None or _on_thread_of(thread):
-            f()
-        else:
-            thread.schedule(f)
-
-    # -- publishing ----------------------------------------------------------
-
-    def _flush(self) -> None:
-        """Publish everything pending in this stream's group. IO thread (see module).
-
-        Text of other streams whose class overrides ``_flush`` (spyder-kernels
-        filters there) is left to their override, called right after.
-        """
-        self._flush_group(route_self=False)
-
-    def _flush_group(self, route_self: bool) -> None:
-        """Take everything pending (ending the flush promise), publish it, and
-        hand the text of members that override ``_flush`` to their override.
-
-        The take comes first, so text written meanwhile arms a new flush, and a
-        member's text is never published past its override (it goes back to the
-        front of the queue, where the override's ``_flush_buffers`` finds it).
-        An override calling ``super()._flush()`` has its own text published here.
-        """
-        self._flush_pending = False
-        self._subprocess_flush_pending = False
-        self._flush_echo()
-        group = self._group
-        publisher = self._publisher
-        # A flush other than the timer's own, on a running thread of ours, leaves
-        # the timer's promise in force: the timer still comes, and writes
-        # meanwhile keep their fast path (a progress bar that flushes every step
-        # arms nothing and wakes no thread). Stopping revokes it (stop callback).
-        keep_licence = (
-            not self._timer_flushing
-            and isinstance(publisher, IOPubThread)
-            and publisher.running
-            and not publisher.stopping
-            and _on_thread_of(publisher)
-        )
-        if group.timer is not None and not keep_licence and _on_thread_of(publisher):
-            publisher.io_loop.remove_timeout(group.timer)
-            group.timer = None
-        # Take and publish under one lock: in a forked child the writing thread
-        # and the IO thread may both flush, and must not reorder the text.
-        with group.publish_lock:
-            chunks = group.take(time.monotonic(), keep_licence=keep_licence)
-            overriders = self._overriders(chunks, route_self)
-            if overriders:
-                theirs = [chunk for chunk in chunks if chunk.owner in overriders]
-                chunks = [chunk for chunk in chunks if chunk.owner not in overriders]
-                group.requeue(theirs)
-            self._publish(chunks)
-            for owner, member in overriders.items():
-                group.overrides_running.add(owner)
-                try:
-                    member._flush()
-                except Exception:  # one broken override must not stop the others
-                    logger.exception("iostream: %s's _flush failed", member.name)
-                finally:
-                    group.overrides_running.discard(owner)
-
-    def _overriders(self, chunks: list[Chunk], route_self: bool) -> dict[int, OutStream]:
-        """The live members owning ``chunks`` whose own ``_flush`` should publish them."""
-        found: dict[int, OutStream] = {}
-        group = self._group
-        for owner in {chunk.owner for chunk in chunks}:
-            member = group.members.get(owner)
-            if (
-                member is not None
-                and member._flush_is_custom()
-                and owner not in group.overrides_running
-                and (route_self or member is not self)
-            ):
-                found[owner] = member
-        return found
-
-    def _publish_complete_lines(self) -> None:
-        """Publish up to the last newline, keep the rest. Writing thread (without
-        an IO thread, or in a forked child)."""
-        group = self._group
-        with group.publish_lock:  # another writing thread must not publish between
-            chunks = group.take(time.monotonic())
-            if chunks and chunks[-1].owner == self._owner:
-                last = chunks.pop()
-                lines, rest = complete_lines(last.text)
-                chunks.append(Chunk(last.owner, last.parent, lines))
-                if rest:
-                    with group.lock:
-                        # Ahead of anything queued meanwhile: it was written first.
-                        group.incoming.extendleft((rest, last.parent, self._owner))
-                        group.incoming_chars += len(rest)
-                        group.armed = True
-            self._publish([chunk for chunk in chunks if chunk.text])
-
-    def _flush_buffers(self) -> Iterator[tuple[dict[str, Any], str]]:
-        """Remove and yield this stream's pending ``(parent, text)`` pairs."""
-        for chunk in self._group.take(time.monotonic(), owner=self._owner):
-            yield dict(chunk.parent), chunk.text
-
-    def _publish(self, chunks: list[Chunk]) -> None:
-        """Publish ``chunks`` in order. Where a KeyboardInterrupt can strike (a
-        writing thread publishing: no IO thread, or a forked child), the chunks
-        not yet sent go back to the front of the queue before it propagates."""
-        if not chunks:
-            return
-        group = self._group
-        with group.publish_lock:
-            outer = group.publisher_ident
-            group.publisher_ident = threading.get_ident()
-            sent = 0
-            try:
-                for chunk in chunks:
-                    stream = group.members.get(chunk.owner, self)
-                    stream._publish_text(chunk.parent, chunk.text)
-                    sent += 1
-            except BaseException:
-                group.requeue(chunks[sent:])
-                raise
-            finally:
-                group.publisher_ident = outer
-
-    def _publish_text(self, parent: Parent, text: str) -> None:
-        """Send ``text`` as one or more stream messages. Never raises."""
-        text = make_publishable(text)
-        if self._in_piping_child():
-            self._send_to_parent(parent, text)
-            return
-        for piece in split_text(text, self.max_message_chars):
-            content = {"name": self.name, "text": piece}
-            try:
-                self._send(content, parent)
-            except Exception:
-                logger.exception("iostream: publishing %s output failed", self.name)
-
-    def _send_to_parent(self, parent: Parent, text: str) -> None:
-        """From a forked child: hand ``text`` to the parent, which publishes it."""
-        session = self.session
-        if hasattr(session, "pid"):
-            session.pid = os.getpid()  # as _send does: display() from a child must work
-        try:
-            packed = self._group.pack_parent(parent)
-            self._publisher.send_child_text(self._owner, self.name, packed, text)
-        except Exception:
-            logger.exception("iostream: handing %s output to the parent failed", self.name)
-
-    def _send(self, content: dict[str, str], parent: Parent) -> None:
-        session = self.session
-        if self._publisher is None:
-            # The first argument is the socket, as ipykernel passes it
-            # (``self.pub_thread``, None here): a real Session then builds and
-            # signs the message and sends nothing, without an error.
-            session.send(None, "stream", content, parent=parent, ident=self.topic)
-            return
-        pid = os.getpid()
-        if getattr(session, "pid", pid) != pid:
-            session.pid = pid  # the thread, not Session, handles forks
-        msg: dict[str, Any] | None = session.msg("stream", content, parent=parent)
-        for hook in list(self._hooks):
-            msg = self._run_hook(hook, msg) if msg is not None else None
-        if msg is None:
-            return  # a hook swallowed this message (only this one)
-        session.send(self._publisher, msg, ident=self.topic)
-
-    def _run_hook(self, hook: Hook, msg: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            return hook(msg)
-        except Exception:
-            logger.exception("iostream: output hook %r failed; message sent unchanged", hook)
-            return msg
-
-    # -- echo and the original stream ---------------------------------------
-
-    def _echo_write(self, text: str) -> None:
-        try:
-            self._echo.write(text)
-        except Exception as error:
-            self._report_echo_failure(error)
-
-    def _flush_echo(self) -> None:
-        if self._echo is None:
-            return
-        try:
-            self._echo.flush()
-        except Exception as error:
-            self._report_echo_failure(error)
-
-    def _report_echo_failure(self, error: Exception) -> None:
-        if not self._warned_echo:
-            self._warned_echo = True
-            logger.warning("iostream: echoing %s failed: %s", self.name, error)
-
-    def _write_to_original(self, text: str) -> None:
-        """Write where this stream's output would go without us. Never raises."""
-        try:
-            if self._capture is not None:
-                os.write(self._capture.original_copy, text.encode("utf-8", "replace"))
-                return
-            original = getattr(sys, f"__{self.name}__", None) or sys.__stderr__
-            if original is not None and original is not self:
-                original.write(text)
-        except Exception as error:
-            self._report_echo_failure(error)
-
-    # -- hooks ---------------------------------------------------------------
-
-    @property
-    def _hooks(self) -> list[Hook]:
-        if _on_thread_of(self._publisher):
-            return self._io_hooks
-        hooks: list[Hook] | None = getattr(self._local, "hooks", None)
-        if hooks is None:
-            hooks = self._local.hooks = []
-        return hooks
-
-    def register_hook(self, hook: Hook) -> None:
-        """Add a hook for flushes running on the calling thread (thread-local).
-
-        ``hook(msg)`` returns the message to send, or None to swallow that message.
-        """
-        self._hooks.append(hook)
-
-    def unregister_hook(self, hook: Hook) -> bool:
-        """Remove a hook registered from the calling thread; return whether it was."""
-        try:
-            self._hooks.remove(hook)
-        except ValueError:
-            return False
-        return True
 
     # -- fd capture ----------------------------------------------------------
 
@@ -995,7 +343,3 @@ class OutStream(io.TextIOBase):
 
     def _is_master_process(self) -> bool:
         return os.getpid() == self._master_pid
-
-
-#: :attr:`OutStream.parent_header` as defined here (see :meth:`OutStream.set_parent`).
-_OWN_PARENT_HEADER = OutStream.__dict__["parent_header"]

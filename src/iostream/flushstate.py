@@ -1,0 +1,197 @@
+"""The flush state machine of one stream group (sans-IO).
+
+Nothing here owns a thread, a lock, a socket or a clock: the caller passes the
+time in (``now``, seconds on any monotonic scale) and serialises every call
+(``_StreamGroup`` holds its lock). The one exception is :attr:`FlushState.licensed`,
+which the write fast path reads without the lock (see :mod:`iostream.outstream`).
+
+The phases:
+
+* ``IDLE``: no flush is promised. Text that arrives must promise one.
+* ``PROMISED``: a flush is promised for the pending text; its timer may not be
+  scheduled yet (the promiser is between promising and scheduling it).
+* ``LICENSED``: promised, and the promise's timer is known to be scheduled on a
+  running IO thread. Writes may then queue text without a lock: a flush that
+  ends the promise will take it.
+
+Every transition is in :meth:`FlushState.handle` and follows this table (one rule
+each, stated once here):
+
+==========  ===============  =====================================================
+event       from             to
+==========  ===============  =====================================================
+WRITE       IDLE             PROMISED, a new ticket
+WRITE       PROMISED or      unchanged, no ticket; PROMISED with a new ticket if
+            LICENSED         the promise is older than ``interval + STALE_GRACE``
+                             (an interrupt may have struck between promising and
+                             scheduling its timer: promise again)
+TIMER_SET   PROMISED         LICENSED if the ticket is the current promise's and
+                             licences are allowed (not in a forked child); else
+                             unchanged
+FLUSH       any              IDLE: the promised flush (timer, stop) or a flush
+                             that ends the promise took everything
+KEEP_FLUSH  LICENSED         LICENSED: an explicit flush on a running IO thread
+                             took everything, and the promised timer still comes
+KEEP_FLUSH  IDLE, PROMISED   IDLE (an unlicensed promise is not kept: its timer
+                             finds nothing promised and stops)
+TOOK_TEXT   any              unchanged; ``now`` is the time of the latest flush
+                             (a take found text), which the timing rules use
+REQUEUE     IDLE             PROMISED (text was put back: it is owed a flush, by
+                             the writer's next newline, flush or exit)
+REQUEUE     other            unchanged
+==========  ===============  =====================================================
+
+The timing rules (:meth:`FlushState.due_in`):
+
+* output after an idle period (no flush for an ``interval``) is due
+  ``idle_delay`` (2 ms) after it was promised;
+* while output keeps coming it is batched: due one ``interval`` after the
+  previous flush;
+* a burst of ``burst_chars`` (64 Ki) or more pending that has not grown for
+  ``quiet_gap`` (10 ms) is due at once.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+#: Seconds beyond the flush interval after which an unkept promise is renewed.
+STALE_GRACE = 1.0
+
+
+class Phase(Enum):
+    """Where the promise of a flush stands (see the module docstring)."""
+
+    IDLE = "idle"
+    PROMISED = "promised"
+    LICENSED = "licensed"
+
+
+class Event(Enum):
+    """What happened to the group's pending text (see the module docstring)."""
+
+    WRITE = "write"
+    TIMER_SET = "timer set"
+    FLUSH = "flush"
+    KEEP_FLUSH = "keep flush"
+    TOOK_TEXT = "took text"
+    REQUEUE = "requeue"
+
+
+class FlushState:
+    """The promise of a flush for one group's pending text, and when it is due.
+
+    Single-threaded: the caller serialises every method. :attr:`licensed` may be
+    read from any thread without a lock (a plain attribute, set last).
+    """
+
+    __slots__ = (
+        "_grew_at",
+        "_last_flush",
+        "_seen_pending",
+        "burst_chars",
+        "idle_delay",
+        "licensable",
+        "licensed",
+        "phase",
+        "promised_at",
+        "quiet_gap",
+        "ticket",
+    )
+
+    def __init__(
+        self,
+        idle_delay: float = 0.002,
+        quiet_gap: float = 0.01,
+        burst_chars: int = 1 << 16,
+        licensable: bool = True,
+    ) -> None:
+        self.idle_delay = idle_delay
+        self.quiet_gap = quiet_gap
+        self.burst_chars = burst_chars
+        #: Whether TIMER_SET may license the fast path (False in a forked child).
+        self.licensable = licensable
+        self.phase = Phase.IDLE
+        #: Mirrors ``phase is LICENSED``: the write fast path's one read.
+        self.licensed = False
+        #: The number of the current promise (0: none made yet).
+        self.ticket = 0
+        self.promised_at = -math.inf
+        self._last_flush: float | None = None
+        self._seen_pending = -1  # the backlog when due_in last looked
+        self._grew_at = -math.inf  # when due_in last saw the backlog grow
+
+    def handle(
+        self,
+        event: Event,
+        now: float,
+        *,
+        ticket: int = 0,
+        interval: float = 0.0,
+    ) -> int:
+        """Apply ``event`` at ``now`` (see the module's table); return the new
+        promise's ticket for a WRITE that made one, else 0.
+
+        ``ticket`` is TIMER_SET's promise number; ``interval`` is WRITE's flush
+        interval (for the staleness rule).
+        """
+        phase = self.phase
+        new = phase
+        made = 0
+        if event is Event.WRITE:
+            if phase is Phase.IDLE or now - self.promised_at > interval + STALE_GRACE:
+                new, made = Phase.PROMISED, self.ticket + 1
+        elif event is Event.TIMER_SET:
+            if phase is Phase.PROMISED and ticket == self.ticket and self.licensable:
+                new = Phase.LICENSED
+        elif event is Event.FLUSH:
+            new = Phase.IDLE
+        elif event is Event.KEEP_FLUSH:
+            new = Phase.LICENSED if phase is Phase.LICENSED else Phase.IDLE
+        elif event is Event.REQUEUE:
+            if phase is Phase.IDLE:
+                new = Phase.PROMISED
+                self.promised_at = now
+        elif event is Event.TOOK_TEXT:
+            self._last_flush = now
+        if made:
+            self.ticket, self.promised_at = made, now
+        if new is Phase.IDLE and phase is not Phase.IDLE:
+            self._seen_pending = -1  # the next promise starts its own growth watch
+        self.phase = new
+        self.licensed = new is Phase.LICENSED
+        return made
+
+    @property
+    def promised(self) -> bool:
+        """Whether a flush is promised (PROMISED or LICENSED)."""
+        return self.phase is not Phase.IDLE
+
+    def due_at(self, interval: float) -> float:
+        """When the promised flush is due at the latest, by the idle and batching
+        rules; ``math.inf`` if none is promised."""
+        if self.phase is Phase.IDLE:
+            return math.inf
+        last, promised_at = self._last_flush, self.promised_at
+        if last is None or promised_at - last >= interval:
+            return promised_at + min(self.idle_delay, interval)
+        return last + interval
+
+    def due_in(self, now: float, pending: int, interval: float) -> float | None:
+        """Seconds until the promised flush is due (0: now); None if none is promised.
+
+        ``pending`` is the backlog in characters now: growth since the previous
+        call stands in for the time of the latest write (writes read no clock),
+        for the burst rule. Never later than :meth:`due_at`.
+        """
+        if self.phase is Phase.IDLE:
+            return None
+        if pending != self._seen_pending:
+            self._seen_pending, self._grew_at = pending, now
+        due = self.due_at(interval)
+        burst = pending >= self.burst_chars
+        quiet_at = self._grew_at + self.quiet_gap
+        if now >= due or (burst and now >= quiet_at):
+            return 0.0
+        return max(0.0, min(due, quiet_at if burst else now + self.quiet_gap) - now)

@@ -1,0 +1,192 @@
+"""The buffer shared by the streams that publish through one thread or session.
+
+:class:`_StreamGroup` is a thin locked wrapper around the sans-IO
+:class:`~iostream.core.OutputBuffer` and :class:`~iostream.flushstate.FlushState`;
+:func:`_group_for` finds the group of a thread (or session). The locks and the
+order in which they are taken are stated in :mod:`iostream.outstream`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import weakref
+from collections import deque
+from itertools import repeat, starmap
+from typing import Any
+
+from jupyter_client.jsonutil import json_default
+
+from . import forksafety
+from .core import Chunk, OutputBuffer, Parent
+from .flushstate import Event, FlushState
+
+logger = logging.getLogger("iostream")
+
+
+class _StreamGroup:
+    """The shared buffer of the streams that publish through one thread or session.
+
+    A thin locked wrapper around two sans-IO parts: ``buffer`` (the
+    :class:`~iostream.core.OutputBuffer`) and ``flow`` (the
+    :class:`~iostream.flushstate.FlushState`, the promise of a flush and when it
+    is due). ``lock`` guards both. Writes from any thread append
+    ``(owner, parent, text)`` to ``incoming``, a deque (no lock: the write fast
+    path), which is moved into ``buffer`` when text is taken. ``timer`` is
+    IO-thread-only; ``publisher_ident`` names the thread that is publishing, so
+    output it produces meanwhile goes to the original stream instead of looping.
+
+    ``flow.licensed`` is the fast path's licence (LICENSED: a flush is promised
+    *and* its timer is known to be scheduled on a running IO thread). It is set
+    once ``schedule`` has returned (an interrupt before that leaves it unset, and
+    the slow path promises again) and cleared by :meth:`take` *before* it empties
+    ``incoming``. So a writer that appends and then still sees the licence knows
+    a later take will find its text; one that sees it cleared promises a flush
+    itself.
+    """
+
+    def __init__(self) -> None:
+        # The streams of the group (OutStream; typed loosely: outstream imports us).
+        self.members: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self.forked = False  # this process is a fork of the one that made the group
+        self._renew()
+        forksafety.register(self)
+
+    def _renew(self) -> None:
+        self.lock = threading.Lock()
+        self.publish_lock = threading.RLock()
+        self.buffer = OutputBuffer()
+        # Writes, flat: owner, parent, text, owner, ... (``deque.extend`` of a
+        # tuple is atomic under the GIL; the tuple is freed at once, so queued
+        # writes hold no object the garbage collector tracks: a deque of tuples
+        # made every full collection walk the backlog).
+        self.incoming: deque[Any] = deque()
+        # Characters in ``incoming``: a bound, not a count (unlocked ``+=`` from
+        # several threads may lose updates; every full take resets it).
+        self.incoming_chars = 0
+        self.flow = FlushState(licensable=not self.forked)
+        self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
+        self.timer: object | None = None
+        self.publisher_ident: int | None = None
+        # Owners whose own ``_flush`` override is running (publish_lock held):
+        # text of theirs that a flush takes meanwhile is theirs to publish.
+        self.overrides_running: set[int] = set()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's pending text is the parent's to publish, not the child's.
+        self.forked = True
+        self._renew()
+
+    @property
+    def hot(self) -> bool:
+        """Whether the write fast path is licensed (see the class). Any thread."""
+        return self.flow.licensed
+
+    def take(self, now: float, owner: int | None = None, keep_licence: bool = False) -> list[Chunk]:
+        """Remove the pending text (of ``owner`` only, if given). Any thread.
+
+        ``keep_licence``: a flush that is not the promised one (the timer still
+        comes) leaves a ``hot`` licence in force, so writes after it need not
+        arm again.
+        """
+        with self.lock:
+            if owner is None:
+                # The licence ends (FLUSH) before incoming is emptied (see the class).
+                self.flow.handle(Event.KEEP_FLUSH if keep_licence else Event.FLUSH, now)
+            self._absorb_incoming()
+            chunks = self.buffer.drain(owner)
+            if chunks:
+                self.flow.handle(Event.TOOK_TEXT, now)
+        return chunks
+
+    def delay(self, now: float, interval: float) -> float | None:
+        """Seconds until the promised flush is due (0: now); None if none is
+        promised. Any thread."""
+        with self.lock:
+            return self.flow.due_in(now, self.backlog(), interval)
+
+    def promise(self, now: float, interval: float) -> int:
+        """Promise a flush for text just queued unless one is; return the new
+        promise's ticket, 0 if none was made. Any thread."""
+        with self.lock:
+            return self.flow.handle(Event.WRITE, now, interval=interval)
+
+    def owe(self, now: float) -> None:
+        """Text was put back for later: it is owed a flush. Lock held."""
+        self.flow.handle(Event.REQUEUE, now)
+
+    def add(self, owner: int, parent: Parent, text: str) -> None:
+        """Queue ``text`` in write order. Any thread."""
+        with self.lock:
+            self.incoming.extend((owner, parent, text))
+            self.incoming_chars += len(text)
+
+    def backlog(self) -> int:
+        """About how many characters wait to be published. Any thread."""
+        return self.buffer.pending_chars + self.incoming_chars
+
+    def _absorb_incoming(self) -> None:
+        """Move ``incoming`` into ``buffer``, keeping write order. Lock held."""
+        incoming = self.incoming
+        # popleft, never a swap: a writer may be about to append to this deque.
+        self.buffer.extend(list(starmap(incoming.popleft, repeat((), len(incoming)))))
+        self.incoming_chars = 0
+
+    def requeue(self, chunks: list[Chunk]) -> None:
+        """Put taken but unpublished chunks back ahead of everything. Any thread."""
+        with self.lock:
+            for chunk in reversed(chunks):
+                self.incoming.extendleft((chunk.text, chunk.parent, chunk.owner))
+                self.incoming_chars += len(chunk.text)
+
+    def mark_hot(self, now: float, ticket: int) -> None:
+        """The timer of promise ``ticket`` is scheduled: license the fast path. Any thread."""
+        with self.lock:
+            self.flow.handle(Event.TIMER_SET, now, ticket=ticket)
+
+    def pack_parent(self, parent: Parent) -> bytes:
+        """``parent`` as JSON, cached for the latest parent. Publishing thread."""
+        last, packed = self.packed_parent
+        if last is not parent:
+            packed = json.dumps(parent, default=json_default).encode()
+            self.packed_parent = (parent, packed)
+        return packed
+
+    def _io_receive_child_text(self, owner: int, name: str, parent: Parent, text: str) -> None:
+        """Buffer text a forked child wrote to its copy of one of our streams.
+
+        IO thread only (the thread's child text handler).
+        """
+        stream = self.members.get(owner)
+        if stream is None or stream.name != name:  # (an id may have been reused)
+            stream = next((s for s in list(self.members.values()) if s.name == name), None)
+        if stream is None:
+            logger.warning("iostream: dropped %s output of a child: no such stream", name)
+            return
+        stream._buffer_under(parent, text)
+
+    def _io_publish_pending(self) -> None:
+        """Publish what is pending now (a child's text before its next message).
+
+        IO thread only (the thread's child text publisher).
+        """
+        if self.backlog():
+            stream = next(iter(list(self.members.values())), None)
+            if stream is not None:
+                stream._flush_whole_group()
+
+
+_groups: weakref.WeakKeyDictionary[Any, _StreamGroup] = weakref.WeakKeyDictionary()
+_groups_lock = threading.Lock()
+
+
+def _group_for(key: Any) -> _StreamGroup:
+    with _groups_lock:
+        try:
+            group = _groups.get(key)
+            if group is None:
+                group = _groups[key] = _StreamGroup()
+            return group
+        except TypeError:  # not weak-referenceable or not hashable: no sharing
+            return _StreamGroup()

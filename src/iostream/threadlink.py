@@ -1,0 +1,170 @@
+"""What an OutStream needs from the thread it publishes through, and nothing more.
+
+:class:`IOThread` is the protocol, stated once. :class:`iostream.IOPubThread`
+implements all of it. Any other object with a ``schedule`` method (ipykernel's own
+``IOPubThread``, which offers ``schedule``, ``thread`` and ``io_loop``) is wrapped
+by :func:`link` in a :class:`StandIn` that provides the rest from what it has.
+
+The protocol:
+
+* ``schedule(f)``: run ``f()`` on the IO thread, in order (any thread);
+* ``call_later(delay, f)`` returns a handle, ``cancel_timer(handle)`` cancels it:
+  timers, from the IO thread only;
+* ``add_stop_callback(f)``: run ``f()`` on the IO thread when it stops;
+* ``running``, ``stopping``, ``on_io_thread()``: the thread's state, and whether
+  the caller is the IO thread (any thread);
+* ``drains_before_stop``: whether every call scheduled before ``stop`` runs
+  before the thread stops. Only then may a stream let writes skip the lock (the
+  licence of :mod:`iostream.flushstate` relies on the promised timer running);
+* the forked-child link: ``pipes_to_parent``, ``send_child_text``,
+  ``wait_delivered`` and ``set_child_text_handler`` (see
+  :class:`iostream.IOPubThread`).
+
+:class:`SocketOwner` is what :class:`iostream.BackgroundSocket` needs of its
+thread. This module imports neither :mod:`iostream.iothread` nor
+:mod:`iostream.outstream`, so neither of them nor ``background_socket`` needs the
+other for its types.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+#: ``handler(owner, name, parent, text)``: stream text a forked child sent.
+ChildTextHandler = Callable[[int, str, dict[str, Any], str], None]
+
+#: The methods and attributes an object must have to be used without a StandIn.
+PROTOCOL = (
+    "schedule",
+    "call_later",
+    "cancel_timer",
+    "add_stop_callback",
+    "on_io_thread",
+    "set_child_text_handler",
+    "send_child_text",
+    "wait_delivered",
+)
+
+
+class IOThread(Protocol):
+    """The thread protocol (see the module docstring)."""
+
+    drains_before_stop: bool
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def pipes_to_parent(self) -> bool: ...
+
+    def schedule(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
+
+    def call_later(self, delay: float, f: Callable[[], None]) -> object: ...
+
+    def cancel_timer(self, handle: object) -> None: ...
+
+    def add_stop_callback(self, callback: Callable[[], None]) -> None: ...
+
+    def on_io_thread(self) -> bool: ...
+
+    def set_child_text_handler(
+        self, handler: ChildTextHandler | None, publish: Callable[[], None] | None = None
+    ) -> None: ...
+
+    def send_child_text(self, owner: int, name: str, parent: bytes, text: str) -> None: ...
+
+    def wait_delivered(self, timeout: float) -> bool: ...
+
+
+class SocketOwner(Protocol):
+    """What :class:`iostream.BackgroundSocket` needs of its thread."""
+
+    socket: Any
+    stop_timeout: float
+
+    def schedule(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
+
+    def send_multipart(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StandIn:
+    """The protocol on top of any object with ``schedule`` (and, optionally,
+    ``thread``, ``io_loop``, ``add_stop_callback``). Any thread, as the protocol."""
+
+    drains_before_stop = False  # nothing promises it of a foreign thread
+
+    def __init__(self, thread: Any) -> None:
+        self.wrapped = thread
+
+    @property
+    def running(self) -> bool:
+        """Whether the wrapped thread is alive (its ``thread.is_alive()``)."""
+        running = getattr(self.wrapped, "running", None)
+        if isinstance(running, bool):
+            return running
+        thread = getattr(self.wrapped, "thread", None)
+        return thread is not None and thread.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        """The wrapped thread's ``stopping``, else False."""
+        return bool(getattr(self.wrapped, "stopping", False))
+
+    @property
+    def pipes_to_parent(self) -> bool:
+        """Always False: output of forked children is not ours to route here."""
+        return False
+
+    def schedule(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """The wrapped thread's ``schedule``."""
+        self.wrapped.schedule(f, *args, **kwargs)
+
+    def call_later(self, delay: float, f: Callable[[], None]) -> object:
+        """A timer on the wrapped thread's ``io_loop``. IO thread only."""
+        return self.wrapped.io_loop.call_later(delay, f)
+
+    def cancel_timer(self, handle: object) -> None:
+        """Cancel a timer of :meth:`call_later`. IO thread only."""
+        self.wrapped.io_loop.remove_timeout(handle)
+
+    def add_stop_callback(self, callback: Callable[[], None]) -> None:
+        """The wrapped thread's ``add_stop_callback`` if it has one, else nothing."""
+        add = getattr(self.wrapped, "add_stop_callback", None)
+        if add is not None:
+            add(callback)
+
+    def on_io_thread(self) -> bool:
+        """Whether the caller is the wrapped thread's ``thread``."""
+        thread = getattr(self.wrapped, "thread", None)
+        return thread is not None and thread.ident == threading.get_ident()
+
+    def set_child_text_handler(
+        self, handler: ChildTextHandler | None, publish: Callable[[], None] | None = None
+    ) -> None:
+        """Nothing: a foreign thread sends no child text."""
+
+    def send_child_text(self, owner: int, name: str, parent: bytes, text: str) -> None:
+        """Never called (``pipes_to_parent`` is False)."""
+        raise RuntimeError("this thread has no link to a parent process")
+
+    def wait_delivered(self, timeout: float) -> bool:
+        """The wrapped thread's ``wait_delivered`` if it has one, else True."""
+        wait = getattr(self.wrapped, "wait_delivered", None)
+        return True if wait is None else bool(wait(timeout))
+
+
+def link(thread: Any) -> IOThread:
+    """``thread`` itself if it implements the whole protocol, else a StandIn."""
+    if getattr(thread, "drains_before_stop", None) is True and all(
+        callable(getattr(thread, name, None)) for name in PROTOCOL
+    ):
+        linked: IOThread = thread
+        return linked
+    return StandIn(thread)

@@ -1,0 +1,305 @@
+"""The flush state machine, exhaustively and statefully: no threads, no clock."""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from iostream.flushstate import STALE_GRACE, Event, FlushState, Phase
+
+INTERVAL = 0.2
+
+
+def _in(phase: Phase, now: float = 10.0) -> FlushState:
+    """A state in ``phase``, its promise (if any) made at ``now``."""
+    state = FlushState()
+    if phase is not Phase.IDLE:
+        ticket = state.handle(Event.WRITE, now, interval=INTERVAL)
+        if phase is Phase.LICENSED:
+            state.handle(Event.TIMER_SET, now, ticket=ticket)
+    assert state.phase is phase
+    return state
+
+
+# -- the table, every (phase, event) pair --------------------------------------------
+
+EXPECTED = {
+    (Phase.IDLE, Event.WRITE): Phase.PROMISED,
+    (Phase.PROMISED, Event.WRITE): Phase.PROMISED,
+    (Phase.LICENSED, Event.WRITE): Phase.LICENSED,
+    (Phase.IDLE, Event.TIMER_SET): Phase.IDLE,
+    (Phase.PROMISED, Event.TIMER_SET): Phase.LICENSED,
+    (Phase.LICENSED, Event.TIMER_SET): Phase.LICENSED,
+    (Phase.IDLE, Event.FLUSH): Phase.IDLE,
+    (Phase.PROMISED, Event.FLUSH): Phase.IDLE,
+    (Phase.LICENSED, Event.FLUSH): Phase.IDLE,
+    (Phase.IDLE, Event.KEEP_FLUSH): Phase.IDLE,
+    (Phase.PROMISED, Event.KEEP_FLUSH): Phase.IDLE,
+    (Phase.LICENSED, Event.KEEP_FLUSH): Phase.LICENSED,
+    (Phase.IDLE, Event.TOOK_TEXT): Phase.IDLE,
+    (Phase.PROMISED, Event.TOOK_TEXT): Phase.PROMISED,
+    (Phase.LICENSED, Event.TOOK_TEXT): Phase.LICENSED,
+    (Phase.IDLE, Event.REQUEUE): Phase.PROMISED,
+    (Phase.PROMISED, Event.REQUEUE): Phase.PROMISED,
+    (Phase.LICENSED, Event.REQUEUE): Phase.LICENSED,
+}
+
+
+def test_the_table_covers_every_phase_and_event() -> None:
+    assert set(EXPECTED) == set(product(Phase, Event))
+
+
+@pytest.mark.parametrize(("phase", "event"), sorted(EXPECTED, key=str))
+def test_each_transition(phase: Phase, event: Event) -> None:
+    state = _in(phase)
+    ticket = state.ticket
+    made = state.handle(event, 10.05, ticket=ticket, interval=INTERVAL)
+    assert state.phase is EXPECTED[phase, event]
+    assert state.licensed is (state.phase is Phase.LICENSED)
+    assert state.promised is (state.phase is not Phase.IDLE)
+    # Only a WRITE that made a promise returns (and advances) a ticket.
+    assert made == (ticket + 1 if (phase, event) == (Phase.IDLE, Event.WRITE) else 0)
+
+
+@pytest.mark.parametrize("phase", [Phase.PROMISED, Phase.LICENSED])
+def test_a_stale_promise_is_made_again_without_a_licence(phase: Phase) -> None:
+    """A promise older than interval + STALE_GRACE may have lost its timer to an
+    interrupt: the next write promises again, and the fast path waits for the
+    new timer."""
+    state = _in(phase, now=10.0)
+    assert state.handle(Event.WRITE, 10.0 + INTERVAL + STALE_GRACE, interval=INTERVAL) == 0
+    made = state.handle(Event.WRITE, 10.0 + INTERVAL + STALE_GRACE + 0.01, interval=INTERVAL)
+    assert made == 2 and state.phase is Phase.PROMISED and not state.licensed
+    assert state.promised_at == pytest.approx(10.0 + INTERVAL + STALE_GRACE + 0.01)
+
+
+def test_only_the_current_promises_timer_licenses() -> None:
+    state = FlushState()
+    old = state.handle(Event.WRITE, 1.0, interval=INTERVAL)
+    state.handle(Event.FLUSH, 1.1)
+    current = state.handle(Event.WRITE, 1.2, interval=INTERVAL)
+    state.handle(Event.TIMER_SET, 1.2, ticket=old)
+    assert state.phase is Phase.PROMISED
+    state.handle(Event.TIMER_SET, 1.2, ticket=current)
+    assert state.phase is Phase.LICENSED
+
+
+def test_no_licence_where_licences_are_not_allowed() -> None:
+    """A forked child's group: writes always take the checked path."""
+    state = FlushState(licensable=False)
+    ticket = state.handle(Event.WRITE, 1.0, interval=INTERVAL)
+    state.handle(Event.TIMER_SET, 1.0, ticket=ticket)
+    assert state.phase is Phase.PROMISED and not state.licensed
+
+
+# -- the timing rules -------------------------------------------------------------------
+
+
+def test_nothing_is_due_without_a_promise() -> None:
+    state = FlushState()
+    assert state.due_in(5.0, 100, INTERVAL) is None
+    assert state.due_at(INTERVAL) == math.inf
+
+
+def test_first_output_after_idle_is_due_almost_at_once() -> None:
+    state = FlushState(idle_delay=0.002)
+    state.handle(Event.WRITE, 100.0, interval=INTERVAL)
+    assert state.due_at(INTERVAL) == pytest.approx(100.002)
+    assert state.due_in(100.002, 5, INTERVAL) == 0
+    state.handle(Event.TOOK_TEXT, 100.0)
+    state.handle(Event.FLUSH, 100.0)
+    state.handle(Event.WRITE, 100.5, interval=INTERVAL)
+    assert state.due_at(INTERVAL) == pytest.approx(100.502)
+
+
+def test_sustained_output_is_batched_per_interval() -> None:
+    state = FlushState(idle_delay=0.002, quiet_gap=0.01)
+    state.handle(Event.TOOK_TEXT, 10.0)
+    state.handle(Event.WRITE, 10.05, interval=INTERVAL)
+    assert state.due_at(INTERVAL) == pytest.approx(10.2)
+    # small output: not due before the interval ends; ask again after quiet_gap
+    assert state.due_in(10.06, 100, INTERVAL) == pytest.approx(0.01)
+    assert state.due_in(10.15, 200, INTERVAL) == pytest.approx(0.01)
+    assert state.due_in(10.2, 300, INTERVAL) == 0
+
+
+def test_a_large_burst_that_went_quiet_is_flushed_early() -> None:
+    state = FlushState(idle_delay=0.002, quiet_gap=0.01, burst_chars=1000)
+    state.handle(Event.TOOK_TEXT, 10.0)
+    state.handle(Event.WRITE, 10.01, interval=INTERVAL)
+    # still growing: wait until it goes quiet
+    assert state.due_in(10.049, 5000, INTERVAL) == pytest.approx(0.01)
+    assert state.due_in(10.055, 5000, INTERVAL) == pytest.approx(0.004)
+    # quiet for quiet_gap: due now, well before the interval ends
+    assert state.due_in(10.06, 5000, INTERVAL) == 0
+
+
+def test_idle_delay_never_exceeds_the_interval() -> None:
+    state = FlushState(idle_delay=1.0)
+    state.handle(Event.WRITE, 0.0, interval=INTERVAL)
+    assert state.due_at(INTERVAL) == pytest.approx(INTERVAL)
+
+
+def test_a_kept_licence_keeps_the_promise_and_its_due_time() -> None:
+    """An explicit flush (progress bar) does not end the timer's promise: the
+    next write makes none, and the batching follows the explicit flush."""
+    state = _in(Phase.LICENSED, now=10.0)
+    state.handle(Event.KEEP_FLUSH, 10.001)
+    state.handle(Event.TOOK_TEXT, 10.001)
+    assert state.handle(Event.WRITE, 10.002, interval=INTERVAL) == 0
+    assert state.licensed
+    assert state.due_at(INTERVAL) == pytest.approx(10.201)
+
+
+@given(
+    st.floats(0, 10),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.integers(0, 1 << 20),
+    st.floats(0.001, 1),
+)
+def test_due_in_never_postpones_past_the_due_time(
+    promised_at: float, age: float, grew_ago: float, pending: int, interval: float
+) -> None:
+    state = FlushState()
+    state.handle(Event.TOOK_TEXT, promised_at - 0.05)
+    state.handle(Event.WRITE, promised_at, interval=interval)
+    now = promised_at + age
+    state.due_in(now - grew_ago, pending, interval)
+    wait = state.due_in(now, pending, interval)
+    assert wait is not None and wait >= 0
+    assert now + wait <= max(now, state.due_at(interval)) + 1e-9
+
+
+# -- stateful: the promises the group relies on -----------------------------------------
+
+
+class FlushMachine(RuleBasedStateMachine):
+    """Drives a FlushState as the group does, with a model of the text: text is
+    never left pending without a promise, and the licence always means a timer
+    that will flush is scheduled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = FlushState()
+        self.now = 0.0
+        self.pending = 0  # characters queued and not yet taken
+        self.timer_scheduled = False  # a timer for the current promise is on its way
+        self.unscheduled: int | None = None  # a ticket whose timer is not yet set
+
+    @rule(dt=st.floats(0, 0.5))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+
+    @rule(size=st.integers(1, 100_000))
+    def slow_path_write(self, size: int) -> None:
+        """A write through the checked path: queue, then promise."""
+        self.pending += size
+        made = self.state.handle(Event.WRITE, self.now, interval=INTERVAL)
+        if made:
+            self.unscheduled = made
+            self.timer_scheduled = False
+
+    @precondition(lambda self: self.state.licensed)
+    @rule(size=st.integers(1, 1000))
+    def fast_path_write(self, size: int) -> None:
+        """A licensed write: queue without touching the state."""
+        self.pending += size
+
+    @precondition(lambda self: self.unscheduled is not None)
+    @rule()
+    def timer_scheduled_on_running_thread(self) -> None:
+        assert self.unscheduled is not None
+        self.state.handle(Event.TIMER_SET, self.now, ticket=self.unscheduled)
+        self.unscheduled = None
+        self.timer_scheduled = True
+
+    @precondition(lambda self: self.unscheduled is not None)
+    @rule()
+    def interrupted_before_scheduling(self) -> None:
+        """Ctrl-C between promising and scheduling: no timer, no licence."""
+        self.unscheduled = None
+
+    @precondition(lambda self: self.timer_scheduled)
+    @rule()
+    def timer_fires(self) -> None:
+        wait = self.state.due_in(self.now, self.pending, INTERVAL)
+        if wait is None:
+            self.timer_scheduled = False  # flushed meanwhile: the timer ends
+            return
+        assert wait >= 0
+        if wait == 0:
+            self._take(Event.FLUSH)
+            self.timer_scheduled = False
+
+    @rule()
+    def explicit_flush_on_running_thread(self) -> None:
+        self._take(Event.KEEP_FLUSH)
+        if not self.state.promised:
+            self.timer_scheduled = False  # it will find nothing promised
+
+    @rule()
+    def stop(self) -> None:
+        """The stop callback: the promised flush, revoking the licence."""
+        self._take(Event.FLUSH)
+        self.timer_scheduled = False
+        assert not self.state.licensed
+
+    @rule(rest=st.integers(1, 50))
+    def partial_line_put_back(self, rest: int) -> None:
+        self._take(Event.FLUSH)
+        self.pending += rest
+        self.state.handle(Event.REQUEUE, self.now)
+        assert self.state.promised
+
+    def _take(self, event: Event) -> None:
+        self.state.handle(event, self.now)
+        if self.pending:
+            self.state.handle(Event.TOOK_TEXT, self.now)
+        self.pending = 0
+
+    @invariant()
+    def licence_means_a_timer_is_on_its_way(self) -> None:
+        if self.state.licensed:
+            assert self.timer_scheduled
+
+    @invariant()
+    def pending_text_is_promised_a_flush(self) -> None:
+        if self.pending:
+            assert self.state.promised
+
+    @invariant()
+    def due_time_is_bounded(self) -> None:
+        if self.state.promised:
+            assert self.state.due_at(INTERVAL) <= self.state.promised_at + INTERVAL + 1e-9 or (
+                self.state.due_at(INTERVAL) <= self.now + INTERVAL + 1e-9
+            )
+
+
+FlushMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40)
+TestFlushMachine = FlushMachine.TestCase
+
+
+def test_the_state_machine_imports_nothing_that_does_io_or_reads_a_clock() -> None:
+    import ast
+    from pathlib import Path
+
+    import iostream.flushstate
+
+    tree = ast.parse(Path(iostream.flushstate.__file__).read_text(encoding="utf-8"))
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert imported <= {"__future__", "math", "enum"}, imported
