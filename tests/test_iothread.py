@@ -368,3 +368,35 @@ def test_a_long_queue_lets_the_loop_run_between_passes() -> None:
         context.term()
     assert [x for x in order if x != "loop"] == list(range(20 * CALLS_PER_PASS))
     assert order.index("loop") <= CALLS_PER_PASS
+
+
+def test_a_thread_reusing_the_dead_io_threads_ident_is_not_the_io_thread(
+    kernel: Kernelish,
+) -> None:
+    """After stop() the system may hand the IO thread's ident to a new thread:
+    that thread must not be taken for the IO thread (it would send on the socket
+    beside inline senders, and could not call stop())."""
+    thread = kernel.thread
+    io_ident = thread.thread.ident
+    thread.stop()
+    results: list[tuple[bool, bool]] = []
+    gate = threading.Event()
+
+    def probe() -> None:
+        if threading.get_ident() == io_ident:
+            results.append((thread.on_io_thread(), thread._on_io_thread()))
+        gate.wait(10)  # alive together: each takes a different ident
+
+    for _ in range(20):  # glibc hands out the stacks (idents) of ended threads again
+        gate.clear()
+        workers = [threading.Thread(target=probe) for _ in range(16)]
+        for worker in workers:
+            worker.start()
+        gate.set()
+        for worker in workers:
+            worker.join()
+        if results:
+            break
+    if not results:
+        pytest.skip("no new thread got the ended IO thread's ident on this system")
+    assert results == [(False, False)]

@@ -42,7 +42,7 @@ def test_the_environment_variable_selects_the_locked_path() -> None:
     rc, out, err = run_python(code, IOSTREAM_LOCKED_WRITES="1")
     assert rc == 0, err
     assert out == "False write_locked\n"
-    rc, out, err = run_python(code)
+    rc, out, err = run_python(code, IOSTREAM_LOCKED_WRITES="")  # (not inherited)
     assert rc == 0, err
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     assert out == ("True write\n" if gil else "False write_locked\n")

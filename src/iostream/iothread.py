@@ -236,8 +236,12 @@ class IOPubThread(Sending, ChildLink):
     # -- the cross-thread primitive ------------------------------------------
 
     def on_io_thread(self) -> bool:
-        """Whether the caller is the IO thread. Any thread."""
-        return self.thread.ident == threading.get_ident()
+        """Whether the caller is the IO thread. Any thread.
+
+        Compared by Thread object, never by ident: once the IO thread has ended,
+        the system may give its ident to a new thread, which is not the IO thread.
+        """
+        return threading.current_thread() is self.thread
 
     def call_later(self, delay: float, f: Callable[[], None]) -> object:
         """Run ``f()`` on the IO thread in ``delay`` seconds; return a handle for
@@ -286,7 +290,7 @@ class IOPubThread(Sending, ChildLink):
 
     def _on_io_thread(self) -> bool:
         """:meth:`on_io_thread` (the name ipykernel-era callers may use). Any thread."""
-        return self.thread.ident == threading.get_ident()
+        return threading.current_thread() is self.thread
 
     def _wake_locked(self) -> None:
         """Wake the IO thread. Caller holds ``_lock`` (which serialises pipe_out).

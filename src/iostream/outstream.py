@@ -153,7 +153,7 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
         self._owner = id(self)
         # Before anything can write (the fd reader below): holds the global parent.
         self._writer = _FastWriter(self)
-        self._group.members[self._owner] = self
+        self._group.join(self._owner, self)
         if self._link is not None:
             self._link.add_stop_callback(self._flush_whole_group)
             group = self._group

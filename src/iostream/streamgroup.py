@@ -153,6 +153,20 @@ class _StreamGroup:
             self.packed_parent = (parent, packed)
         return packed
 
+    def join(self, owner: int, stream: Any) -> None:
+        """Make ``stream`` a member under ``owner``. Any thread."""
+        with self.lock:
+            self.members[owner] = stream
+
+    def live_members(self) -> list[Any]:
+        """A snapshot of the members still alive. Any thread.
+
+        Taken under the lock that :meth:`join` holds: copying a weak dictionary
+        while another thread adds to it can fail ("changed size during iteration").
+        """
+        with self.lock:
+            return list(self.members.values())
+
     def _io_receive_child_text(self, owner: int, name: str, parent: Parent, text: str) -> None:
         """Buffer text a forked child wrote to its copy of one of our streams.
 
@@ -160,7 +174,7 @@ class _StreamGroup:
         """
         stream = self.members.get(owner)
         if stream is None or stream.name != name:  # (an id may have been reused)
-            stream = next((s for s in list(self.members.values()) if s.name == name), None)
+            stream = next((s for s in self.live_members() if s.name == name), None)
         if stream is None:
             logger.warning("iostream: dropped %s output of a child: no such stream", name)
             return
@@ -172,17 +186,31 @@ class _StreamGroup:
         IO thread only (the thread's child text publisher).
         """
         if self.backlog():
-            stream = next(iter(list(self.members.values())), None)
+            stream = next(iter(self.live_members()), None)
             if stream is not None:
                 stream._flush_whole_group()
 
 
 _groups: weakref.WeakKeyDictionary[Any, _StreamGroup] = weakref.WeakKeyDictionary()
-_groups_lock = threading.Lock()
+
+
+class _GroupsLock:
+    """The lock around ``_groups``, renewed in a forked child: a thread of the
+    parent may have held it at the moment of the fork."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+
+
+_groups_lock = _GroupsLock()
+forksafety.register(_groups_lock)
 
 
 def _group_for(key: Any) -> _StreamGroup:
-    with _groups_lock:
+    with _groups_lock.lock:
         try:
             group = _groups.get(key)
             if group is None:

@@ -143,7 +143,8 @@ class StandIn:
     def on_io_thread(self) -> bool:
         """Whether the caller is the wrapped thread's ``thread``."""
         thread = getattr(self.wrapped, "thread", None)
-        return thread is not None and thread.ident == threading.get_ident()
+        # (by object, not ident: a dead thread's ident may be reused)
+        return thread is not None and threading.current_thread() is thread
 
     def set_child_text_handler(
         self, handler: ChildTextHandler | None, publish: Callable[[], None] | None = None
