@@ -177,6 +177,10 @@ FORKS = src(
     def work(i):
         print(f"pool-out-{i}-" + "MARK")
         print(f"pool-err-{i}-" + "MARK", file=sys.stderr)
+        # (returns once the parent has the text: Pool's terminate() kills the
+        # workers right after map(), possibly before an unflushed line has left)
+        sys.stdout.flush()
+        sys.stderr.flush()
         return i * i
     with multiprocessing.get_context("fork").Pool(2) as pool:
         squares = pool.map(work, range(4))
