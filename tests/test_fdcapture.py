@@ -224,3 +224,46 @@ def test_flush_publishes_what_was_written_to_the_fd_before_it(tmp_path: Path) ->
     assert run.result["arrived"] == [True] * 20, run.result
     # Nothing written to the fd: flush must not wait on the reader (bounded, not timed).
     assert run.result["slowest_idle_flush"] < 5, run.result
+
+
+def test_after_the_thread_stops_and_closes_the_process_prints_normally(tmp_path: Path) -> None:
+    """ipykernel (and iostream before) kept fds 1 and 2 in the pipes after
+    ``IOPubThread.stop()`` and ``close()``: what a kernel author printed afterwards,
+    having restored ``sys.stdout``, never reached the terminal or file."""
+    run = run_scenario(
+        """
+        import os, sys
+        from childkit import Setup, report
+        k = Setup()
+        stat_before = [os.fstat(fd) for fd in (1, 2)]
+        sys.stdout = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        sys.stderr = k.module.OutStream(k.session, k.thread, "stderr", watchfd="force")
+        print("python before stop")
+        os.write(1, b"fd before stop\\n")  # maybe still in the pipe when stop() comes
+        k.thread.stop()
+        published = k.wait_for(
+            lambda: "fd before stop" in k.text() and "python before stop" in k.text()
+        )
+        k.thread.close()
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        stat_after = [os.fstat(fd) for fd in (1, 2)]
+        print("python after close", flush=True)
+        os.write(1, b"fd after close\\n")
+        os.write(2, b"fd 2 after close\\n")
+        os.system("echo child after close")
+        report({
+            "published": published,
+            "text": k.text(),
+            "restored": [(a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+                         for a, b in zip(stat_before, stat_after)],
+        })
+        os._exit(0)  # no atexit handlers: nothing may rely on them
+        """,
+        tmp_path,
+    )
+    r = run.result
+    assert r["published"], r
+    assert r["restored"] == [True, True], r
+    for line in (b"python after close\n", b"fd after close\n", b"child after close\n"):
+        assert line in run.stdout, run.stdout
+    assert "fd 2 after close" in run.stderr

@@ -47,6 +47,9 @@ EXPECTED = {
     (Phase.IDLE, Event.REQUEUE): Phase.PROMISED,
     (Phase.PROMISED, Event.REQUEUE): Phase.PROMISED,
     (Phase.LICENSED, Event.REQUEUE): Phase.LICENSED,
+    (Phase.IDLE, Event.NEW_PARENT): Phase.IDLE,
+    (Phase.PROMISED, Event.NEW_PARENT): Phase.PROMISED,
+    (Phase.LICENSED, Event.NEW_PARENT): Phase.PROMISED,
 }
 
 
@@ -97,6 +100,32 @@ def test_no_licence_where_licences_are_not_allowed() -> None:
     assert state.phase is Phase.PROMISED and not state.licensed
 
 
+@pytest.mark.parametrize("phase", [Phase.PROMISED, Phase.LICENSED])
+def test_a_new_parent_renews_the_promise_at_the_next_write(phase: Phase) -> None:
+    state = _in(phase)
+    old = state.ticket
+    state.handle(Event.NEW_PARENT, 10.01)
+    assert not state.licensed
+    made = state.handle(Event.WRITE, 10.02, interval=INTERVAL)
+    assert made == old + 1
+    # The old promise's timer no longer licenses; the renewed one's does.
+    state.handle(Event.TIMER_SET, 10.02, ticket=old)
+    assert not state.licensed
+    state.handle(Event.TIMER_SET, 10.02, ticket=made)
+    assert state.licensed
+    # Only one renewal per new parent.
+    assert state.handle(Event.WRITE, 10.03, interval=INTERVAL) == 0
+
+
+def test_a_timer_set_after_a_new_parent_does_not_license_the_old_promise() -> None:
+    state = FlushState()
+    ticket = state.handle(Event.WRITE, 1.0, interval=INTERVAL)
+    state.handle(Event.NEW_PARENT, 1.0)  # between promising and scheduling
+    state.handle(Event.TIMER_SET, 1.0, ticket=ticket)
+    assert state.phase is Phase.PROMISED and not state.licensed
+    assert state.handle(Event.WRITE, 1.001, interval=INTERVAL) == ticket + 1
+
+
 # -- the timing rules -------------------------------------------------------------------
 
 
@@ -126,6 +155,33 @@ def test_sustained_output_is_batched_per_interval() -> None:
     assert state.due_in(10.06, 100, INTERVAL) == pytest.approx(0.01)
     assert state.due_in(10.15, 200, INTERVAL) == pytest.approx(0.01)
     assert state.due_in(10.2, 300, INTERVAL) == 0
+
+
+def test_a_new_cells_first_output_is_not_held_by_the_previous_cells_batching() -> None:
+    # The previous cell printed (a flush at 10.0 took text) and is still printing.
+    state = FlushState()
+    state.handle(Event.TOOK_TEXT, 10.0)
+    ticket = state.handle(Event.WRITE, 10.05, interval=INTERVAL)
+    state.handle(Event.TIMER_SET, 10.05, ticket=ticket)
+    assert state.due_at(INTERVAL) == pytest.approx(10.0 + INTERVAL)  # batched
+    # The next cell starts: its first write is due at the idle delay, not at 10.2.
+    state.handle(Event.NEW_PARENT, 10.06)
+    assert state.handle(Event.WRITE, 10.07, interval=INTERVAL)
+    assert state.due_in(10.07, 10, INTERVAL) == pytest.approx(state.idle_delay)
+    # Its output after that first flush is batched again.
+    state.handle(Event.FLUSH, 10.072)
+    state.handle(Event.TOOK_TEXT, 10.072)
+    state.handle(Event.WRITE, 10.08, interval=INTERVAL)
+    assert state.due_at(INTERVAL) == pytest.approx(10.072 + INTERVAL)
+
+
+def test_a_new_parent_with_nothing_promised_forgets_the_batching_history() -> None:
+    state = FlushState()
+    state.handle(Event.TOOK_TEXT, 10.0)
+    state.handle(Event.FLUSH, 10.0)
+    state.handle(Event.NEW_PARENT, 10.01)
+    state.handle(Event.WRITE, 10.02, interval=INTERVAL)
+    assert state.due_at(INTERVAL) == pytest.approx(10.02 + state.idle_delay)
 
 
 def test_a_large_burst_that_went_quiet_is_flushed_early() -> None:
@@ -191,6 +247,7 @@ class FlushMachine(RuleBasedStateMachine):
         self.pending = 0  # characters queued and not yet taken
         self.timer_scheduled = False  # a timer for the current promise is on its way
         self.unscheduled: int | None = None  # a ticket whose timer is not yet set
+        self.nothing_taken_since_new_parent = False
 
     @rule(dt=st.floats(0, 0.5))
     def time_passes(self, dt: float) -> None:
@@ -200,7 +257,13 @@ class FlushMachine(RuleBasedStateMachine):
     def slow_path_write(self, size: int) -> None:
         """A write through the checked path: queue, then promise."""
         self.pending += size
+        renewing = self.state.renew and self.state.promised
         made = self.state.handle(Event.WRITE, self.now, interval=INTERVAL)
+        if renewing:
+            assert made, "the first write under a new parent renews the promise"
+        if made and self.nothing_taken_since_new_parent:
+            # The new parent's first text: due at the idle delay, whatever came before.
+            assert self.state.due_at(INTERVAL) <= self.now + self.state.idle_delay + 1e-9
         if made:
             self.unscheduled = made
             self.timer_scheduled = False
@@ -250,6 +313,13 @@ class FlushMachine(RuleBasedStateMachine):
         self.timer_scheduled = False
         assert not self.state.licensed
 
+    @rule()
+    def new_parent(self) -> None:
+        """set_parent with another request: the licence ends, the next write renews."""
+        self.state.handle(Event.NEW_PARENT, self.now)
+        assert not self.state.licensed
+        self.nothing_taken_since_new_parent = True
+
     @rule(rest=st.integers(1, 50))
     def partial_line_put_back(self, rest: int) -> None:
         self._take(Event.FLUSH)
@@ -261,6 +331,7 @@ class FlushMachine(RuleBasedStateMachine):
         self.state.handle(event, self.now)
         if self.pending:
             self.state.handle(Event.TOOK_TEXT, self.now)
+            self.nothing_taken_since_new_parent = False
         self.pending = 0
 
     @invariant()

@@ -33,6 +33,7 @@ from .democells import DEMO_CELLS, DemoCell
 from .kernelspec import (
     DEFAULT_DISPLAY_NAME,
     DEFAULT_KERNEL_NAME,
+    THREAD_INHERIT_CONTEXT,
     install_kernelspec,
     is_iostream_kernelspec,
     kernel_argv,
@@ -75,12 +76,19 @@ def run_kernel(kernel_args: Sequence[str]) -> int:
     ``ipykernel.kernelapp`` is imported, so the kernel's ``sys.stdout`` /
     ``sys.stderr`` and its IOPub thread are this library's classes. ``kernel_args`` is
     handed to ``IPKernelApp`` verbatim, and ``sys.argv`` is set to
-    ``[sys.argv[0], *kernel_args]`` as under ``python -m ipykernel_launcher``. Like
+    ``[sys.argv[0], *kernel_args]`` as under ``python -m ipykernel_launcher``, except
+    ``--thread-inherit-context``, which is taken out and turns on
+    :func:`iostream.threadcontext.enable` (threads print into the cell that started
+    them). Like
     ipykernel's launcher, the current directory is removed from the front of
     ``sys.path`` while ipykernel loads (IPython puts it back for user code).
     """
-    from iostream import integration
+    from iostream import integration, threadcontext
 
+    kernel_args = list(kernel_args)
+    if THREAD_INHERIT_CONTEXT in kernel_args:
+        kernel_args.remove(THREAD_INHERIT_CONTEXT)
+        threadcontext.enable()
     integration.install()
     if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
         del sys.path[0]
@@ -166,7 +174,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
             "Launch ipykernel's IPKernelApp with ipykernel.iostream replaced by "
             "kernel-iostream. Every argument after 'kernel' is passed to IPKernelApp "
             "unchanged, e.g. '-f CONNECTION_FILE', '--IPKernelApp.capture_fd_output=False' "
-            "or '--debug'; run '%(prog)s --help-all' for IPKernelApp's own options."
+            "or '--debug'; run '%(prog)s --help-all' for IPKernelApp's own options. "
+            "One option is this program's own: '--thread-inherit-context' makes a thread "
+            "started during a cell, and work submitted to a concurrent.futures thread pool "
+            "during a cell, print into that cell even after it finished (the default, as "
+            "in ipykernel 7: into the cell running when it prints)."
         ),
         usage="%(prog)s -f CONNECTION_FILE [IPKernelApp options ...]",
     )
@@ -186,6 +198,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--display-name",
         default=DEFAULT_DISPLAY_NAME,
         help="name shown in frontends (default: %(default)s)",
+    )
+    install.add_argument(
+        THREAD_INHERIT_CONTEXT,
+        action="store_true",
+        help="the kernel's threads and thread-pool work print into the cell that started "
+        "them (written into the kernelspec's argv)",
     )
 
     uninstall = sub.add_parser(
@@ -211,7 +229,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
             "stderr, unicode, threads, asyncio, subprocess, os.system, C printf, fork Pool, "
             "\\r progress bar, IPython.display), and print each output with the "
             "milliseconds since its execute_request was sent. Exit status 0 if every cell "
-            "succeeded and produced its expected output."
+            "succeeded and produced its expected output. With --compare, run the cells on "
+            "stock ipykernel and on iostream and show, per cell, each kernel's verdict, its "
+            "first-output time and every difference (order, wrong cell, missing, extra or "
+            "glued lines); the exit status then depends on iostream's correctness verdicts "
+            "only."
         ),
     )
     demo.add_argument(
@@ -242,6 +264,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="run the same notebook on stock ipykernel (-m ipykernel_launcher), for comparison",
     )
     demo.add_argument(
+        "--compare",
+        action="store_true",
+        help="run the cells on stock ipykernel and on iostream and show every difference",
+    )
+    demo.add_argument(
+        "--cells",
+        metavar="KEYS",
+        help="with --compare: only these cells, as comma-separated numbers or keys ("
+        + ", ".join(c.key for c in DEMO_CELLS)
+        + "); a cell's prerequisites are added",
+    )
+    demo.add_argument(
+        "--json",
+        metavar="FILE",
+        help="with --compare: also write the comparison, with every IOPub message, to FILE",
+    )
+    demo.add_argument(
         "-v",
         "--verbose",
         action="store_true",
@@ -270,7 +309,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         prefix = sys.prefix if ns.sys_prefix else ns.prefix
         if ns.command == "install":
             dest = install_kernelspec(
-                name=ns.name, display_name=ns.display_name, user=ns.user, prefix=prefix
+                name=ns.name,
+                display_name=ns.display_name,
+                user=ns.user,
+                prefix=prefix,
+                extra_args=[THREAD_INHERIT_CONTEXT] if ns.thread_inherit_context else [],
             )
             print(f"Installed kernelspec {ns.name} in {dest}")
             return 0
@@ -286,7 +329,22 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             return 1
         print(f"Removed kernelspec {ns.name} from {removed}")
         return 0
+    if ns.command == "demo" and ns.compare:
+        from .democells import select_cells
+        from .democompare import run_compare
+
+        if ns.stock or ns.save:
+            parser.error("demo --compare runs both kernels and saves no notebook")
+        try:
+            cells = select_cells(ns.cells)
+        except ValueError as e:
+            parser.error(str(e))
+        return run_compare(
+            cells, timeout=ns.timeout, settle=ns.settle, json_path=ns.json, verbose=ns.verbose
+        ).exit_status
     if ns.command == "demo":
+        if ns.cells or ns.json:
+            parser.error("--cells and --json need --compare")
         return run_demo(
             timeout=ns.timeout,
             settle=ns.settle,

@@ -1,7 +1,8 @@
 """``python -m iostream demo``: run the demo notebook on a real iostream kernel.
 
-Starts such a kernel (no installed kernelspec needed), runs :data:`DEMO_CELLS`
-and prints what a frontend receives and when. The application layer, as
+Starts such a kernel (no installed kernelspec needed, :class:`DemoKernel`), runs
+:data:`DEMO_CELLS` and prints what a frontend receives and when; :func:`record` keeps
+every IOPub message, for ``demo --compare``. The application layer, as
 :mod:`iostream.cli`; nothing in the library imports it.
 """
 
@@ -14,12 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .democells import DEMO_CELLS, DemoCell
+from .democells import DEMO_CELLS, OUTPUT_TYPES, DemoCell, to_nb_output
 from .kernelspec import DEFAULT_DISPLAY_NAME, DEFAULT_KERNEL_NAME, write_kernelspec_dir
 
 
@@ -67,37 +68,6 @@ def _missing(cell: DemoCell, run: _CellRun) -> list[str]:
     return missing
 
 
-_OUTPUT_TYPES = ("stream", "display_data", "update_display_data", "execute_result", "error")
-
-
-def _to_nb_output(msg: dict[str, Any]) -> dict[str, Any] | None:
-    """Convert an IOPub output message to an nbformat v4 output dict (None if not one)."""
-    kind, content = msg["msg_type"], msg["content"]
-    if kind == "stream":
-        return {"output_type": "stream", "name": content["name"], "text": content["text"]}
-    if kind in ("display_data", "update_display_data"):
-        return {
-            "output_type": "display_data",
-            "data": content.get("data", {}),
-            "metadata": content.get("metadata", {}),
-        }
-    if kind == "execute_result":
-        return {
-            "output_type": "execute_result",
-            "execution_count": content.get("execution_count"),
-            "data": content.get("data", {}),
-            "metadata": content.get("metadata", {}),
-        }
-    if kind == "error":
-        return {
-            "output_type": "error",
-            "ename": content.get("ename", ""),
-            "evalue": content.get("evalue", ""),
-            "traceback": content.get("traceback", []),
-        }
-    return None
-
-
 def _describe(arrival: _Arrival) -> str:
     """One line saying what a frontend shows for an output message."""
     msg = arrival.msg
@@ -108,17 +78,14 @@ def _describe(arrival: _Arrival) -> str:
         body = f"error   {content.get('ename')}: {content.get('evalue')}"
     else:
         body = f"{kind}  " + ", ".join(sorted(content.get("data", {})))
-    if len(body) > 110:
-        body = body[:107] + "..."
-    return f"    +{arrival.ms:9.1f} ms  {body}"
+    return f"    +{arrival.ms:9.1f} ms  {body if len(body) <= 110 else body[:107] + '...'}"
 
 
 class _DemoRunner:
     """Runs cells on a started kernel client, bucketing IOPub output by parent msg_id."""
 
-    def __init__(self, client: Any, log: Callable[[str], None]) -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
-        self.log = log
         self.runs: dict[str, _CellRun] = {}
 
     def _pump(self, timeout: float) -> bool:
@@ -133,7 +100,7 @@ class _DemoRunner:
             return True
         if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
             run.idle = True
-        elif msg["msg_type"] in _OUTPUT_TYPES:
+        elif msg["msg_type"] in OUTPUT_TYPES:
             run.arrivals.append(_Arrival((now - run.sent) * 1000.0, msg))
         return True
 
@@ -172,8 +139,9 @@ class _DemoRunner:
 
 
 def _demo_env() -> dict[str, str]:
-    """Environment for the demo kernel: ours, with this iostream's directory importable."""
-    env = dict(os.environ)
+    """Environment for the demo kernel: ours, with this iostream's directory importable,
+    without ``PYTEST_CURRENT_TEST`` (ipykernel turns fd capture off when it sees it)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     import iostream
 
     pkg_parent = str(Path(next(iter(iostream.__path__))).resolve().parent)
@@ -181,6 +149,132 @@ def _demo_env() -> dict[str, str]:
     if pkg_parent not in parts:
         env["PYTHONPATH"] = os.pathsep.join([pkg_parent, *parts])
     return env
+
+
+class DemoKernel:
+    """A kernel started through jupyter_client from a kernelspec written under ``tmp``.
+
+    Guarantees: nothing needs to be installed: the kernelspec runs ``python -m iostream
+    kernel`` (``stock``: ``-m ipykernel_launcher``) with this Python and iostream. The
+    kernel's own stdout/stderr (its terminal) goes to a log (:meth:`log`). Main thread.
+    """
+
+    def __init__(self, tmp: Path, *, stock: bool) -> None:
+        from jupyter_client.kernelspec import KernelSpecManager
+        from jupyter_client.manager import KernelManager
+
+        name = "iostream-demo"
+        spec_dir = write_kernelspec_dir(tmp / "kernels" / name, "iostream demo")
+        spec = json.loads((spec_dir / "kernel.json").read_text(encoding="utf-8"))
+        if stock:
+            spec["argv"] = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+            (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
+        self.argv: list[str] = list(spec["argv"])  # {connection_file} not filled in
+        ksm = KernelSpecManager(kernel_dirs=[str(spec_dir.parent)])
+        self.km: Any = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+        self.client: Any = None
+        self._log_path = tmp / "kernel.log"
+
+    def start(self, timeout: float) -> float:
+        """Start the kernel and its client's channels; return ms until it was ready.
+
+        Guarantees: returns within about ``timeout`` seconds, or raises ``RuntimeError``
+        / ``TimeoutError`` (the kernel is then still to be :meth:`stop`-ped).
+        """
+        started = time.perf_counter()  # the kernel's terminal gets echoed fd output: a log
+        with open(self._log_path, "wb") as log:
+            self.km.start_kernel(env=_demo_env(), stdout=log, stderr=subprocess.STDOUT)
+        self.client = self.km.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=timeout)
+        return 1000 * (time.perf_counter() - started)
+
+    def stop(self) -> None:
+        """Stop the channels and shut the kernel down (killed if it does not stop)."""
+        if self.client is not None:
+            self.client.stop_channels()
+        if self.km.has_kernel:
+            self.km.shutdown_kernel(now=False)
+
+    def log(self) -> str:
+        """The kernel process's own stdout/stderr so far ("" if it never started)."""
+        try:
+            return self._log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+
+def _slim(msg: dict[str, Any], ms: float) -> dict[str, Any]:
+    """The parts of an IOPub message the comparison uses, JSON-serialisable."""
+    content = msg.get("content", {})
+    slim: dict[str, Any] = {
+        "ms": round(ms, 2),
+        "type": msg.get("msg_type", ""),
+        "parent": (msg.get("parent_header") or {}).get("msg_id", ""),
+    }
+    if slim["type"] == "stream":
+        slim.update(name=content.get("name", ""), text=content.get("text", ""))
+    elif slim["type"] == "status":
+        slim["state"] = content.get("execution_state", "")
+    elif slim["type"] == "error":
+        slim["text"] = f"{content.get('ename')}: {content.get('evalue')}"
+    else:
+        slim["data"] = sorted(content.get("data", {}))
+    return slim
+
+
+def record(client: Any, cells: Sequence[DemoCell], timeout: float, settle: float) -> dict[str, Any]:
+    """Run ``cells`` on a started kernel ``client`` and return everything IOPub sent.
+
+    Guarantees: a cell is sent once the previous one has its execute_reply and idle
+    status, or ``timeout`` seconds after it was sent; a cell with ``idle_before`` is
+    sent after that many seconds more. Then collects until IOPub was quiet for 0.5 s,
+    at most ``settle`` seconds. Returns ``{"requests": [...], "messages": [...]}``: per
+    cell its msg_id, send time, reply status and reply/idle times; every IOPub message
+    in arrival order (:func:`_slim`). Times are ms since the call. Main thread.
+    """
+    t0 = time.perf_counter()
+    messages: list[dict[str, Any]] = []
+    requests: list[dict[str, Any]] = []
+
+    def now() -> float:
+        return 1000.0 * (time.perf_counter() - t0)
+
+    def pump(wait: float) -> bool:
+        try:
+            msg = client.get_iopub_msg(timeout=max(wait, 0.0))
+        except queue.Empty:
+            return False
+        messages.append(_slim(msg, now()))
+        return True
+
+    for cell in cells:
+        pause_until = now() + 1000.0 * cell.idle_before
+        while now() < pause_until:
+            pump((pause_until - now()) / 1000.0)
+        req: dict[str, Any] = {"sent": round(now(), 2), "status": "no reply"}
+        req.update(msg_id=client.execute(cell.source, allow_stdin=False), reply=None, idle=None)
+        requests.append(req)
+        deadline = req["sent"] + 1000.0 * timeout
+        while now() < deadline and (req["reply"] is None or req["idle"] is None):
+            if req["reply"] is None:
+                try:
+                    reply = client.get_shell_msg(timeout=0)
+                except queue.Empty:
+                    pass
+                else:
+                    if reply.get("parent_header", {}).get("msg_id") == req["msg_id"]:
+                        req["reply"] = round(now(), 2)
+                        req["status"] = reply.get("content", {}).get("status", "?")
+            if pump(0.01):
+                last = messages[-1]
+                if last["parent"] == req["msg_id"] and last.get("state") == "idle":
+                    req["idle"] = last["ms"]
+    end, quiet = now() + 1000.0 * settle, now() + 500.0
+    while now() < min(end, quiet):
+        if pump((min(end, quiet) - now()) / 1000.0):
+            quiet = now() + 500.0
+    return {"requests": requests, "messages": messages}
 
 
 def notebook_kernelspec(name: str) -> tuple[dict[str, str], bool]:
@@ -230,71 +324,53 @@ def run_demo(
     Returns 0 when every cell finished with status ``ok`` and produced all its expected
     output, 1 otherwise.
     """
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
-
     failures = 0
     cells_out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="iostream-demo-") as tmp:
-        name = "iostream-demo"
-        spec_dir = write_kernelspec_dir(Path(tmp) / "kernels" / name, "iostream demo")
-        if stock:
-            spec = json.loads((spec_dir / "kernel.json").read_text(encoding="utf-8"))
-            spec["argv"] = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-            (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
-        ksm = KernelSpecManager(kernel_dirs=[str(spec_dir.parent)])
-        km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
-        argv = json.loads((spec_dir / "kernel.json").read_text(encoding="utf-8"))["argv"]
-        out(f"starting kernel: {' '.join(argv)}")
-        # The kernel echoes fd-level output to its own terminal; keep that out of the report.
-        log_path = Path(tmp) / "kernel.log"
-        started = time.perf_counter()
-        with open(log_path, "wb") as log:
-            km.start_kernel(env=_demo_env(), stdout=log, stderr=subprocess.STDOUT)
-        client = km.client()
+        kernel = DemoKernel(Path(tmp), stock=stock)
+        out(f"starting kernel: {' '.join(kernel.argv)}")
         try:
-            client.start_channels()
             try:
-                client.wait_for_ready(timeout=timeout)
+                ready_ms = kernel.start(timeout)
             except (RuntimeError, TimeoutError) as e:
                 out(f"kernel did not become ready: {e}")
                 failures = len(DEMO_CELLS)
                 return 1
-            out(f"kernel ready after {1000 * (time.perf_counter() - started):.0f} ms")
-            runner = _DemoRunner(client, out)
+            out(f"kernel ready after {ready_ms:.0f} ms")
+            runner = _DemoRunner(kernel.client)
             for n, cell in enumerate(DEMO_CELLS, 1):
                 out("")
                 out(f"[{n}/{len(DEMO_CELLS)}] {cell.title}")
                 for line in cell.source.splitlines():
                     out(f"    | {line}")
+                if cell.idle_before:
+                    time.sleep(cell.idle_before)
                 run = runner.execute(cell, timeout, settle)
                 for arrival in run.arrivals:
                     out(_describe(arrival))
-                status = (run.reply or {}).get("content", {}).get("status", "no reply")
+                content = (run.reply or {}).get("content", {})
+                status = content.get("status", "no reply")
                 missing = _missing(cell, run)
                 verdict = "ok" if status == "ok" and not missing else "FAILED"
                 note = f"  missing: {missing}" if missing else ""
                 out(f"    status={status}  {verdict}{note}")
                 failures += verdict != "ok"
-                outputs = [o for o in (_to_nb_output(a.msg) for a in run.arrivals) if o]
+                outputs = [o for o in (to_nb_output(a.msg) for a in run.arrivals) if o]
                 cells_out.append(
                     {
                         "cell_type": "code",
-                        "execution_count": (run.reply or {})
-                        .get("content", {})
-                        .get("execution_count"),
+                        "execution_count": content.get("execution_count"),
+                        "id": f"cell-{n - 1}",
                         "metadata": {},
                         "outputs": outputs,
                         "source": cell.source,
                     }
                 )
         finally:
-            client.stop_channels()
-            km.shutdown_kernel(now=False)
+            kernel.stop()
             if failures or verbose:
-                kernel_log = log_path.read_text(encoding="utf-8", errors="replace")
                 out("\n--- the kernel's own stdout/stderr ---")
-                out(kernel_log.rstrip("\n") or "(empty)")
+                out(kernel.log().rstrip("\n") or "(empty)")
     if save:
         if kernel_name is None:
             kernel_name = "python3" if stock else DEFAULT_KERNEL_NAME
@@ -305,8 +381,6 @@ def run_demo(
             "nbformat": 4,
             "nbformat_minor": 5,
         }
-        for i, c in enumerate(cells_out):
-            c["id"] = f"cell-{i}"
         with open(save, "w", encoding="utf-8") as f:
             json.dump(notebook, f, indent=1)
             f.write("\n")

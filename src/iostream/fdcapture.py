@@ -43,7 +43,7 @@ SYNC = b"s"
 
 
 class FdCapture:
-    """Redirects ``fd`` into a pipe until :meth:`close`.
+    """Redirects ``fd`` into a pipe until :meth:`stop` or :meth:`close`.
 
     Create and close from one thread (any); the callback runs on the reader thread.
     :meth:`sync` may be called from any other thread.
@@ -71,6 +71,9 @@ class FdCapture:
         self._waiters_lock = threading.Lock()
         self._busy = False  # the reader holds bytes it has not delivered yet
         self._finished = False  # the reader has ended (guarded by _waiters_lock)
+        self._restored = False  # fd holds the original again (stop)
+        self._released = False  # the pipe is closed (stop)
+        self._copy_closed = False  # original_copy is closed (close)
         os.set_blocking(self._stop_write, False)  # a request never blocks its sender
         self._pipe_size = _enlarge_pipe(write_fd)
         # A read this large means more is waiting: read again without gathering.
@@ -129,7 +132,7 @@ class FdCapture:
         ended; False if the reader did not answer within ``timeout`` seconds.
         Any thread but the reader's.
         """
-        if self.thread is None or self._forked:
+        if self.thread is None or self._forked or self._released:
             return True
         if threading.current_thread() is self.thread or not self._has_pending():
             return True
@@ -210,26 +213,40 @@ class FdCapture:
         # The reader thread and the pipe's other users stayed in the parent.
         self._forked = True
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Restore ``fd``, publish everything written before, release every fd.
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Restore ``fd``, publish everything written before, release the pipe.
 
-        Waits at most ``timeout`` seconds for the reader; if it does not finish
-        (a callback blocked), the pipe is left open rather than closed under it.
-        In a forked child only the descriptor is restored.
+        ``original_copy`` stays open (what was captured can still be echoed, and
+        whoever holds that descriptor keeps writing where it always did). Waits at
+        most ``timeout`` seconds for the reader; if it does not finish (a callback
+        blocked), the pipe is left open rather than closed under it, and False is
+        returned. Idempotent: the descriptor is restored only once. In a forked
+        child only the descriptor is restored.
         """
-        os.dup2(self.original_copy, self.fd)
-        if self._forked:
-            return
+        if not self._restored:
+            self._restored = True
+            os.dup2(self.original_copy, self.fd)
+        if self._forked or self._released:
+            return True
         with contextlib.suppress(BlockingIOError):  # full of requests: it is awake
             os.write(self._stop_write, STOP)
         if self.thread is not None:
             self.thread.join(timeout)
         if self.thread is not None and self.thread.is_alive():
             logger.error("iostream: the reader of fd %s did not finish in %ss", self.fd, timeout)
-            return
-        for fd in (self.read_fd, self._stop_read, self._stop_write, self.original_copy):
+            return False
+        self._released = True
+        for fd in (self.read_fd, self._stop_read, self._stop_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """:meth:`stop`, then close ``original_copy`` too. Idempotent."""
+        if self.stop(timeout) and not self._forked and not self._copy_closed:
+            self._copy_closed = True
+            with contextlib.suppress(OSError):
+                os.close(self.original_copy)
 
 
 def _enlarge_pipe(fd: int) -> int:

@@ -24,10 +24,11 @@ WRITE       IDLE             PROMISED, a new ticket
 WRITE       PROMISED or      unchanged, no ticket; PROMISED with a new ticket if
             LICENSED         the promise is older than ``interval + STALE_GRACE``
                              (an interrupt may have struck between promising and
-                             scheduling its timer: promise again)
-TIMER_SET   PROMISED         LICENSED if the ticket is the current promise's and
-                             licences are allowed (not in a forked child); else
-                             unchanged
+                             scheduling its timer: promise again), or if a
+                             NEW_PARENT came since it was made
+TIMER_SET   PROMISED         LICENSED if the ticket is the current promise's,
+                             licences are allowed (not in a forked child) and no
+                             NEW_PARENT came since the promise; else unchanged
 FLUSH       any              IDLE: the promised flush (timer, stop) or a flush
                              that ends the promise took everything
 KEEP_FLUSH  LICENSED         LICENSED: an explicit flush on a running IO thread
@@ -39,12 +40,21 @@ TOOK_TEXT   any              unchanged; ``now`` is the time of the latest flush
 REQUEUE     IDLE             PROMISED (text was put back: it is owed a flush, by
                              the writer's next newline, flush or exit)
 REQUEUE     other            unchanged
+NEW_PARENT  LICENSED         PROMISED (the licence ends, so the next write takes
+                             the slow path); the next WRITE renews the promise
+NEW_PARENT  IDLE, PROMISED   unchanged; a PROMISED one is renewed by the next WRITE
 ==========  ===============  =====================================================
+
+NEW_PARENT (a new request, a new cell, became the streams' parent) also forgets
+when the latest flush was, so the new parent's first text counts as output after
+an idle period, whatever the previous parent printed: batching never carries
+over from one cell to the next. The renewed promise's timer is scheduled at the
+idle delay; the old timer, if still scheduled, is replaced by it.
 
 The timing rules (:meth:`FlushState.due_in`):
 
-* output after an idle period (no flush for an ``interval``) is due
-  ``idle_delay`` (2 ms) after it was promised;
+* output after an idle period (no flush for an ``interval``, or none since the
+  latest NEW_PARENT) is due ``idle_delay`` (2 ms) after it was promised;
 * while output keeps coming it is batched: due one ``interval`` after the
   previous flush;
 * a burst of ``burst_chars`` (64 Ki) or more pending that has not grown for
@@ -77,6 +87,7 @@ class Event(Enum):
     KEEP_FLUSH = "keep flush"
     TOOK_TEXT = "took text"
     REQUEUE = "requeue"
+    NEW_PARENT = "new parent"
 
 
 class FlushState:
@@ -97,6 +108,7 @@ class FlushState:
         "phase",
         "promised_at",
         "quiet_gap",
+        "renew",
         "ticket",
     )
 
@@ -118,6 +130,8 @@ class FlushState:
         #: The number of the current promise (0: none made yet).
         self.ticket = 0
         self.promised_at = -math.inf
+        #: A NEW_PARENT came since the current promise was made.
+        self.renew = False
         self._last_flush: float | None = None
         self._seen_pending = -1  # the backlog when due_in last looked
         self._grew_at = -math.inf  # when due_in last saw the backlog grow
@@ -140,10 +154,15 @@ class FlushState:
         new = phase
         made = 0
         if event is Event.WRITE:
-            if phase is Phase.IDLE or now - self.promised_at > interval + STALE_GRACE:
+            if phase is Phase.IDLE or self.renew or now - self.promised_at > interval + STALE_GRACE:
                 new, made = Phase.PROMISED, self.ticket + 1
         elif event is Event.TIMER_SET:
-            if phase is Phase.PROMISED and ticket == self.ticket and self.licensable:
+            if (
+                phase is Phase.PROMISED
+                and ticket == self.ticket
+                and self.licensable
+                and not self.renew
+            ):
                 new = Phase.LICENSED
         elif event is Event.FLUSH:
             new = Phase.IDLE
@@ -155,10 +174,18 @@ class FlushState:
                 self.promised_at = now
         elif event is Event.TOOK_TEXT:
             self._last_flush = now
+        elif event is Event.NEW_PARENT:
+            self._last_flush = None
+            if phase is not Phase.IDLE:
+                new = Phase.PROMISED
+                self.renew = True
         if made:
             self.ticket, self.promised_at = made, now
-        if new is Phase.IDLE and phase is not Phase.IDLE:
-            self._seen_pending = -1  # the next promise starts its own growth watch
+            self.renew = False
+        if new is Phase.IDLE:
+            self.renew = False  # (the next WRITE makes a new promise anyway)
+            if phase is not Phase.IDLE:
+                self._seen_pending = -1  # the next promise starts its own growth watch
         self.phase = new
         self.licensed = new is Phase.LICENSED
         return made

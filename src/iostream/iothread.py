@@ -89,6 +89,7 @@ class IOPubThread(Sending, ChildLink):
         self._pipe_flag = bool(pipe)
         self._events: deque[Event] = deque()
         self._stop_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
+        self._stopped_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._warned_no_socket = False
         self._pipe_server: PipeServer | None = None
         self._pipe_client: PipeClient | None = None
@@ -191,17 +192,19 @@ class IOPubThread(Sending, ChildLink):
                 running = False
             else:
                 running = True
-                self._events.append((self._io_run_stop_callbacks, (), {}))
+                self._events.append((self._run_callbacks, (self._stop_callbacks,), {}))
                 self._state = _State.STOPPING
                 self._wake_locked()
         if running or self.thread.is_alive():
             self.thread.join(self.stop_timeout)
             if self.thread.is_alive():
                 logger.error("iostream: IOPub thread did not stop in %ss", self.stop_timeout)
+                self._run_callbacks(self._stopped_callbacks)
                 return
         elif self._state is _State.STOPPED:
-            self._run_stop_callbacks_inline()
+            self._run_callbacks(self._stop_callbacks)
         self._close_pipes()
+        self._run_callbacks(self._stopped_callbacks)
 
     def close(self) -> None:
         """Stop the thread if needed, then close the IOPub socket. Idempotent.
@@ -232,6 +235,14 @@ class IOPubThread(Sending, ChildLink):
         """
         with self._lock:
             self._stop_callbacks.append(weakref.WeakMethod(callback))
+
+    def add_stopped_callback(self, callback: Callable[[], None]) -> None:
+        """Have the bound method ``callback`` run once the thread has stopped, on
+        the thread calling :meth:`stop` (and before :meth:`close` closes the
+        socket); also if the thread did not stop in time. Held weakly. Any thread.
+        """
+        with self._lock:
+            self._stopped_callbacks.append(weakref.WeakMethod(callback))
 
     # -- the cross-thread primitive ------------------------------------------
 
@@ -307,14 +318,15 @@ class IOPubThread(Sending, ChildLink):
         except Exception:
             logger.exception("iostream: a call scheduled on the IOPub thread failed")
 
-    def _stop_callbacks_alive(self) -> list[Callable[[], None]]:
-        with self._lock:
-            alive = [ref() for ref in self._stop_callbacks]
-        return [callback for callback in alive if callback is not None]
+    def _run_callbacks(self, refs: list[weakref.WeakMethod[Callable[[], None]]]) -> None:
+        """Run the live callbacks of ``refs`` here.
 
-    def _run_stop_callbacks_inline(self) -> None:
-        with self._inline_lock:
-            for callback in self._stop_callbacks_alive():
+        Not under ``_inline_lock``: a stream ending its fd capture (a stopped
+        callback) waits for its reader, which may be running a call inline."""
+        with self._lock:
+            alive = [ref() for ref in refs]
+        for callback in alive:
+            if callback is not None:
                 self._call(callback, (), {})
 
     def _close_pipes(self) -> None:
@@ -385,7 +397,3 @@ class IOPubThread(Sending, ChildLink):
                 f, args, kwargs = self._events.popleft()
             self._call(f, args, kwargs)
         self.io_loop.add_callback(self._io_run_pending)  # the rest in the next pass
-
-    def _io_run_stop_callbacks(self) -> None:
-        for callback in self._stop_callbacks_alive():
-            self._call(callback, (), {})

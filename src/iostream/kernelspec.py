@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +25,32 @@ DEFAULT_DISPLAY_NAME = "Python 3 (iostream)"
 # ---------------------------------------------------------------------------
 
 
-def kernel_argv(executable: str | None = None) -> list[str]:
+#: The ``kernel`` option under which threads print into the cell that started them
+#: (:mod:`iostream.threadcontext`).
+THREAD_INHERIT_CONTEXT = "--thread-inherit-context"
+
+
+def kernel_argv(executable: str | None = None, extra_args: Sequence[str] = ()) -> list[str]:
     """Return the kernelspec ``argv`` that launches an iostream kernel.
 
-    Guarantees: ``[executable or sys.executable, "-m", "iostream", "kernel", "-f",
-    "{connection_file}"]``; ``{connection_file}`` is left for jupyter_client to fill.
+    Guarantees: ``[executable or sys.executable, "-m", "iostream", "kernel",
+    *extra_args, "-f", "{connection_file}"]``; ``{connection_file}`` is left for
+    jupyter_client to fill.
     """
-    return [executable or sys.executable, "-m", "iostream", "kernel", "-f", "{connection_file}"]
+    python = executable or sys.executable
+    return [python, "-m", "iostream", "kernel", *extra_args, "-f", "{connection_file}"]
 
 
-def kernel_dict(display_name: str = DEFAULT_DISPLAY_NAME) -> dict[str, Any]:
+def kernel_dict(
+    display_name: str = DEFAULT_DISPLAY_NAME, extra_args: Sequence[str] = ()
+) -> dict[str, Any]:
     """Return the content of ``kernel.json`` for an iostream kernel.
 
     Guarantees: the same keys and metadata as the installed ipykernel's own kernelspec
     (``language: python``, ``metadata.debugger: true``, protocol version, ...) with
-    ``argv`` from :func:`kernel_argv` and the given ``display_name``. Falls back to a
-    fixed dict of that shape when ipykernel's helper is unavailable.
+    ``argv`` from :func:`kernel_argv` (with ``extra_args``) and the given
+    ``display_name``. Falls back to a fixed dict of that shape when ipykernel's
+    helper is unavailable.
     """
     try:
         from ipykernel.kernelspec import get_kernel_dict
@@ -47,7 +58,7 @@ def kernel_dict(display_name: str = DEFAULT_DISPLAY_NAME) -> dict[str, Any]:
         spec: dict[str, Any] = dict(get_kernel_dict())
     except Exception:
         spec = {"language": "python", "metadata": {"debugger": True}}
-    spec["argv"] = kernel_argv()
+    spec["argv"] = kernel_argv(extra_args=extra_args)
     spec["display_name"] = display_name
     spec["language"] = "python"
     metadata = dict(spec.get("metadata") or {})
@@ -56,11 +67,14 @@ def kernel_dict(display_name: str = DEFAULT_DISPLAY_NAME) -> dict[str, Any]:
     return spec
 
 
-def write_kernelspec_dir(path: Path, display_name: str = DEFAULT_DISPLAY_NAME) -> Path:
+def write_kernelspec_dir(
+    path: Path, display_name: str = DEFAULT_DISPLAY_NAME, extra_args: Sequence[str] = ()
+) -> Path:
     """Create ``path`` as a kernelspec directory (``kernel.json`` plus logos) and return it.
 
-    Guarantees: ``path/kernel.json`` holds :func:`kernel_dict`; ipykernel's logo files are
-    copied next to it when ipykernel is installed. ``path`` must not exist yet.
+    Guarantees: ``path/kernel.json`` holds :func:`kernel_dict` (with ``extra_args``);
+    ipykernel's logo files are copied next to it when ipykernel is installed.
+    ``path`` must not exist yet.
     """
     try:
         from ipykernel.kernelspec import RESOURCES
@@ -70,7 +84,7 @@ def write_kernelspec_dir(path: Path, display_name: str = DEFAULT_DISPLAY_NAME) -
     except Exception:
         path.mkdir(parents=True)
     with open(path / "kernel.json", "w", encoding="utf-8") as f:
-        json.dump(kernel_dict(display_name), f, indent=1)
+        json.dump(kernel_dict(display_name, extra_args), f, indent=1)
         f.write("\n")
     return path
 
@@ -81,8 +95,11 @@ def install_kernelspec(
     display_name: str = DEFAULT_DISPLAY_NAME,
     user: bool = False,
     prefix: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> str:
     """Install the iostream kernelspec through jupyter_client; return the directory.
+
+    ``extra_args`` go into its ``argv`` after ``kernel`` (see :func:`kernel_argv`).
 
     Guarantees: the directory returned contains ``kernel.json`` from
     :func:`kernel_dict`; it is ``PREFIX/share/jupyter/kernels/NAME`` with ``prefix``, the
@@ -92,7 +109,7 @@ def install_kernelspec(
     from jupyter_client.kernelspec import KernelSpecManager
 
     with tempfile.TemporaryDirectory(prefix="iostream-kernelspec-") as tmp:
-        src = write_kernelspec_dir(Path(tmp) / name, display_name)
+        src = write_kernelspec_dir(Path(tmp) / name, display_name, extra_args)
         dest: str = KernelSpecManager().install_kernel_spec(
             str(src), kernel_name=name, user=user, prefix=prefix
         )

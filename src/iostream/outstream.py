@@ -156,6 +156,8 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
         self._group.join(self._owner, self)
         if self._link is not None:
             self._link.add_stop_callback(self._flush_whole_group)
+            # Once the thread has stopped, the process prints normally again.
+            self._link.add_stopped_callback(self._end_fd_capture)
             group = self._group
             self._link.set_child_text_handler(
                 group._io_receive_child_text, group._io_publish_pending
@@ -335,6 +337,16 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
         self._fid = self._capture.read_fd
         self._capture.start(self._watch_pipe_fd)
         self.watch_fd_thread = self._capture.thread
+
+    def _end_fd_capture(self) -> None:
+        """Stop capturing the fd: restore it and publish (or, with no way left to
+        publish, echo) what is still in the pipe. The stream stays usable; the
+        original's copy stays open for :meth:`fileno` and echo until :meth:`close`.
+        Runs on the thread that stopped the IO thread, once it has stopped."""
+        if self._capture is not None:
+            self._should_watch = False
+            self._capture.stop(self.flush_timeout)
+            self._flush()  # the IO thread is gone: publishes here
 
     def _watch_pipe_fd(self) -> None:
         """Reader thread body: publish and echo what arrives on the pipe."""

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from jupyter_client.session import extract_header
 
 from .core import Parent
+from .streamgroup import _StreamGroup
 from .writepath import _NO_CONTEXT, _FastWriter
 
 _get_ident = threading.get_ident
+_monotonic = time.monotonic
 
 
 class ParentRouting:
@@ -25,6 +28,7 @@ class ParentRouting:
     if TYPE_CHECKING:
         _parent_header: contextvars.ContextVar[Parent]
         _writer: _FastWriter
+        _group: _StreamGroup
 
     @property
     def parent_header(self) -> Parent:
@@ -102,6 +106,9 @@ class ParentRouting:
         header = extract_header(parent)
         self._parent_header.set(header)
         self._writer.parent_global = header
+        # A new cell: its first output goes out at once, not after the batching
+        # interval of the previous cell's output.
+        self._group.new_parent(header, _monotonic())
         if type(self).parent_header is not _OWN_PARENT_HEADER:
             self.parent_header = header
 

@@ -19,7 +19,7 @@ from typing import Any
 from jupyter_client.jsonutil import json_default
 
 from . import forksafety
-from .core import Chunk, OutputBuffer, Parent
+from .core import Chunk, OutputBuffer, Parent, parent_key
 from .flushstate import Event, FlushState
 
 logger = logging.getLogger("iostream")
@@ -67,6 +67,8 @@ class _StreamGroup:
         self.incoming_chars = 0
         self.flow = FlushState(licensable=not self.forked)
         self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
+        # The key (core.parent_key) of the parent set last with set_parent.
+        self.latest_parent_key: object = None
         self.timer: object | None = None
         self.publisher_ident: int | None = None
         # Owners whose own ``_flush`` override is running (publish_lock held):
@@ -111,6 +113,16 @@ class _StreamGroup:
         promise's ticket, 0 if none was made. Any thread."""
         with self.lock:
             return self.flow.handle(Event.WRITE, now, interval=interval)
+
+    def new_parent(self, parent: Parent, now: float) -> None:
+        """``parent`` was set as the streams' parent: if it is another request than
+        the one set before, its first text must not wait for the batching interval
+        of the previous one (NEW_PARENT). Any thread."""
+        key = parent_key(parent)
+        with self.lock:
+            if key != self.latest_parent_key:
+                self.latest_parent_key = key
+                self.flow.handle(Event.NEW_PARENT, now)
 
     def owe(self, now: float) -> None:
         """Text was put back for later: it is owed a flush. Lock held."""

@@ -11,6 +11,8 @@ The protocol:
 * ``call_later(delay, f)`` returns a handle, ``cancel_timer(handle)`` cancels it:
   timers, from the IO thread only;
 * ``add_stop_callback(f)``: run ``f()`` on the IO thread when it stops;
+  ``add_stopped_callback(f)``: run ``f()`` once it has stopped, on the thread that
+  stopped it (a stream ends its fd capture there);
 * ``running``, ``stopping``, ``on_io_thread()``: the thread's state, and whether
   the caller is the IO thread (any thread);
 * ``drains_before_stop``: whether every call scheduled before ``stop`` runs
@@ -41,6 +43,7 @@ PROTOCOL = (
     "call_later",
     "cancel_timer",
     "add_stop_callback",
+    "add_stopped_callback",
     "on_io_thread",
     "set_child_text_handler",
     "send_child_text",
@@ -69,6 +72,8 @@ class IOThread(Protocol):
     def cancel_timer(self, handle: object) -> None: ...
 
     def add_stop_callback(self, callback: Callable[[], None]) -> None: ...
+
+    def add_stopped_callback(self, callback: Callable[[], None]) -> None: ...
 
     def on_io_thread(self) -> bool: ...
 
@@ -137,6 +142,12 @@ class StandIn:
     def add_stop_callback(self, callback: Callable[[], None]) -> None:
         """The wrapped thread's ``add_stop_callback`` if it has one, else nothing."""
         add = getattr(self.wrapped, "add_stop_callback", None)
+        if add is not None:
+            add(callback)
+
+    def add_stopped_callback(self, callback: Callable[[], None]) -> None:
+        """The wrapped thread's ``add_stopped_callback`` if it has one, else nothing."""
+        add = getattr(self.wrapped, "add_stopped_callback", None)
         if add is not None:
             add(callback)
 
