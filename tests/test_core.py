@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iostream.core import (
+    Chunk,
     OutputBuffer,
     Utf8Decoder,
     complete_lines,
@@ -41,10 +42,115 @@ def test_interleaved_parents_each_coalesce_separately() -> None:
 def test_switching_stream_under_one_parent_keeps_order() -> None:
     buffer = OutputBuffer()
     parent: dict[str, str] = {}
-    buffer.append(1, parent, "out1 ")
-    buffer.append(2, parent, "err1 ")
+    buffer.append(1, parent, "out1\n")
+    buffer.append(2, parent, "err1\n")
     buffer.append(1, parent, "out2")
-    assert [(c.owner, c.text) for c in buffer.drain()] == [(1, "out1 "), (2, "err1 "), (1, "out2")]
+    assert [(c.owner, c.text) for c in buffer.drain()] == [
+        (1, "out1\n"),
+        (2, "err1\n"),
+        (1, "out2"),
+    ]
+
+
+def test_an_unfinished_line_is_continued_past_another_streams_text() -> None:
+    """``print`` writes its text and its end separately: a stderr write from
+    another thread between the two must not split the stdout line."""
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    buffer.append(1, parent, "first line")
+    buffer.append(2, parent, ".")
+    buffer.append(1, parent, "\n")
+    buffer.append(2, parent, "..")
+    buffer.append(1, parent, "second\n")
+    buffer.append(2, parent, "!\n")
+    assert [(c.owner, c.text) for c in buffer.drain()] == [
+        (1, "first line\n"),
+        (2, "...!\n"),
+        (1, "second\n"),
+    ]
+    assert buffer.pending_chars == 0 and not buffer.unfinished_line()
+
+
+def test_a_line_begun_after_the_other_streams_line_goes_after_it() -> None:
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    buffer.append(1, parent, "a")
+    buffer.append(2, parent, "b")  # stderr begins a line
+    buffer.append(1, parent, "c\n")  # stdout's line ends: it began first
+    buffer.append(1, parent, "d\n")  # a new stdout line, begun after stderr's
+    buffer.append(2, parent, "e\n")
+    assert [(c.owner, c.text) for c in buffer.drain()] == [(1, "ac\n"), (2, "be\n"), (1, "d\n")]
+
+
+def test_unfinished_line_tells_whether_some_stream_is_inside_a_line() -> None:
+    buffer = OutputBuffer()
+    a, b = {"msg_id": "a"}, {"msg_id": "b"}
+    assert not buffer.unfinished_line()
+    buffer.append(1, a, "x\n")
+    assert not buffer.unfinished_line()
+    buffer.append(2, b, "y")
+    assert buffer.unfinished_line()
+    buffer.append(2, b, "\n")
+    assert not buffer.unfinished_line()
+    buffer.append(1, a, "z")
+    buffer.drain(owner=2)
+    assert buffer.unfinished_line()
+    buffer.drain()
+    assert not buffer.unfinished_line()
+
+
+def test_continuing_a_line_takes_only_its_end_not_the_lines_after_it() -> None:
+    """Bulk C output reaches us in chunks that end mid-line: the lines after the
+    end of the continued one were written after the other stream's text."""
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    buffer.append(1, parent, "a1\na2")
+    buffer.append(2, parent, "E1\n")
+    buffer.append(1, parent, "-end\nb1\nb2")
+    buffer.append(2, parent, "E2\n")
+    buffer.append(1, parent, "-end\nc1\n")
+    assert [(c.owner, c.text) for c in buffer.drain()] == [
+        (1, "a1\na2-end\n"),
+        (2, "E1\n"),
+        (1, "b1\nb2-end\n"),
+        (2, "E2\n"),
+        (1, "c1\n"),
+    ]
+
+
+def test_a_childs_lines_go_before_the_unfinished_line_they_arrive_during() -> None:
+    """A forked Pool worker's lines reach the parent while the parent is between
+    ``print``'s two writes: they are complete, the parent's line is not."""
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    buffer.append(1, parent, "[0, 1, 4, 9]")
+    buffer.insert_lines(1, {"msg_id": "cell"}, "worker 0\nworker 1\n")
+    buffer.append(1, parent, "\n")
+    assert [c.text for c in buffer.drain()] == ["worker 0\nworker 1\n[0, 1, 4, 9]\n"]
+
+
+def test_a_childs_lines_go_after_finished_lines_and_before_the_unfinished_rest() -> None:
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    buffer.append(1, parent, "one\ntw")
+    buffer.append(1, parent, "o and")
+    buffer.insert_lines(1, parent, "child\n")
+    buffer.append(1, parent, " more\n")
+    assert [c.text for c in buffer.drain()] == ["one\nchild\ntwo and more\n"]
+    assert buffer.pending_chars == 0
+
+
+def test_a_childs_lines_without_an_unfinished_line_are_appended() -> None:
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    buffer.append(1, parent, "mine\n")
+    buffer.insert_lines(1, parent, "child\n")
+    buffer.append(2, parent, "err")
+    buffer.insert_lines(2, parent, "partial")  # not complete: after, as append does
+    assert [(c.owner, c.text) for c in buffer.drain()] == [
+        (1, "mine\nchild\n"),
+        (2, "errpartial"),
+    ]
 
 
 def test_unhashable_parent_values_work() -> None:
@@ -189,9 +295,9 @@ def test_extend_is_the_same_as_appending_each(
 def test_a_batch_of_one_owner_and_parent_becomes_one_run() -> None:
     buffer = OutputBuffer()
     parent = {"msg_id": "m"}
-    buffer.extend([1, parent, "a", 1, parent, "", 1, parent, "bc"])
+    buffer.extend([1, parent, "a", 1, parent, "", 1, parent, "bc\n"])
     buffer.extend([2, parent, "d", 1, parent, "e"])
-    assert [(c.owner, c.text) for c in buffer.drain()] == [(1, "abc"), (2, "d"), (1, "e")]
+    assert [(c.owner, c.text) for c in buffer.drain()] == [(1, "abc\n"), (2, "d"), (1, "e")]
     assert buffer.pending_chars == 0
 
 
@@ -209,26 +315,67 @@ def test_any_interleaving_comes_out_complete_in_order_under_the_right_parent(
     ops: list[tuple[int, int, int, str]], drain_points: list[int]
 ) -> None:
     """Threads writing to two streams under three parents, drained at random
-    points: under each parent, the text and the stream of every character come
-    out exactly in the order written, so each thread's text is complete, in
-    order, and under its parent."""
+    points: under each parent, each stream's text comes out whole and in order,
+    each thread's text is complete and in order, and within a drain no stream's
+    line is broken by another stream's text."""
     parents = [{"msg_id": str(i), "tags": [i]} for i in range(3)]
     buffer = OutputBuffer()
-    chunks = []
+    drains: list[list[Chunk]] = [[]]
     for i, (thread, stream, parent, text) in enumerate(ops):
         buffer.append(stream, parents[parent], f"<{thread}>{text}")
         if i in drain_points:
-            chunks += buffer.drain()
-    chunks += buffer.drain()
-    assert buffer.pending_chars == 0
+            drains.append(buffer.drain())
+    drains.append(buffer.drain())
+    assert buffer.pending_chars == 0 and not buffer.unfinished_line()
+    chunks = [c for drained in drains for c in drained]
     for p, parent in enumerate(parents):
-        written = [(s, f"<{t}>{x}") for t, s, q, x in ops if q == p]
-        published = [(c.owner, c.text) for c in chunks if c.parent is parent]
-        assert "".join(x for _, x in published) == "".join(x for _, x in written)
-        assert _labels(published) == _labels(written)
-        for thread in range(4):
-            mine = [x for _, x in written if x.startswith(f"<{thread}>")]
-            assert _in_order(mine, "".join(x for _, x in published))
+        for stream in (0, 1):
+            written = "".join(f"<{t}>{x}" for t, s, q, x in ops if q == p and s == stream)
+            published = [c.text for c in chunks if c.parent is parent and c.owner == stream]
+            assert "".join(published) == written
+            for thread in range(4):
+                mine = [f"<{t}>{x}" for t, s, q, x in ops if (q, s, t) == (p, stream, thread)]
+                assert _in_order(mine, written)
+        for drained in drains:
+            mine = [c for c in drained if c.parent is parent]
+            for k, chunk in enumerate(mine):
+                later = [c for c in mine[k + 1 :] if c.owner == chunk.owner]
+                assert chunk.text.endswith("\n") or not later, (chunk, later)
+
+
+lines = st.lists(
+    st.tuples(st.integers(0, 2), st.sampled_from(["a", "bc", "d\n", "ef\n", "g\nh", "i\nj\n"])),
+    max_size=60,
+)
+
+
+@settings(max_examples=300)
+@given(lines)
+def test_lines_come_out_whole_in_the_order_they_were_begun(
+    ops: list[tuple[int, str]],
+) -> None:
+    """Three streams under one parent, writes inside a line, ending one, or
+    ending one and beginning more: the output is every line whole, in the order
+    the lines began (a line begins with the write that holds its first character)."""
+    parent = {"msg_id": "cell"}
+    buffer = OutputBuffer()
+    for owner, text in ops:
+        buffer.append(owner, parent, text)
+    begun: list[tuple[int, list[str]]] = []  # lines in the order they began
+    open_line: dict[int, list[str]] = {}
+    for owner, text in ops:
+        for piece in text.splitlines(keepends=True):
+            if owner not in open_line:
+                open_line[owner] = []
+                begun.append((owner, open_line[owner]))
+            open_line[owner].append(piece)
+            if piece.endswith("\n"):
+                del open_line[owner]
+    expected = "".join(f"{owner}:{''.join(line)}|" for owner, line in begun)
+    published = "".join(
+        f"{c.owner}:{line}|" for c in buffer.drain() for line in c.text.splitlines(keepends=True)
+    )
+    assert published == expected
 
 
 def _labels(pairs: list[tuple[int, str]]) -> str:

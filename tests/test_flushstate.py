@@ -195,6 +195,47 @@ def test_a_large_burst_that_went_quiet_is_flushed_early() -> None:
     assert state.due_in(10.06, 5000, INTERVAL) == 0
 
 
+def test_output_after_idle_waits_for_an_unfinished_line_to_end() -> None:
+    """``print("first line")`` writes the text, then (perhaps after another
+    thread ran) the newline: the idle flush waits for the newline, checking
+    every quiet_gap, so the line is not split in two messages."""
+    state = FlushState(idle_delay=0.002, quiet_gap=0.01, line_wait=0.05)
+    state.handle(Event.WRITE, 10.0, interval=INTERVAL)
+    assert state.waits_for_line_end(10, INTERVAL)
+    assert state.due_at(INTERVAL, unfinished_line=True) == pytest.approx(10.052)
+    assert state.due_in(10.002, 10, INTERVAL, unfinished_line=True) == pytest.approx(0.01)
+    # the newline came: due at once (the idle delay has passed)
+    assert state.due_in(10.012, 11, INTERVAL, unfinished_line=False) == 0
+
+
+def test_an_unfinished_line_is_held_for_line_wait_at_most() -> None:
+    """A line that never ends (a thread writing dots to stderr) holds the other
+    streams' first output for ``line_wait`` at most, and never an interval."""
+    state = FlushState(idle_delay=0.002, quiet_gap=0.01, line_wait=0.05)
+    state.handle(Event.WRITE, 10.0, interval=INTERVAL)
+    assert state.due_in(10.045, 10, INTERVAL, unfinished_line=True) == pytest.approx(0.007)
+    assert state.due_in(10.052, 10, INTERVAL, unfinished_line=True) == 0
+    state = FlushState(idle_delay=0.002, line_wait=0.05)
+    state.handle(Event.WRITE, 10.0, interval=0.02)
+    assert state.due_at(0.02, unfinished_line=True) == pytest.approx(10.02)
+
+
+def test_a_burst_is_not_held_for_its_line_end() -> None:
+    state = FlushState(idle_delay=0.002, quiet_gap=0.01, burst_chars=1000)
+    state.handle(Event.WRITE, 10.0, interval=INTERVAL)
+    assert not state.waits_for_line_end(1000, INTERVAL)
+    assert state.due_in(10.002, 1000, INTERVAL, unfinished_line=True) == 0
+
+
+def test_batched_output_does_not_wait_for_line_ends() -> None:
+    state = FlushState()
+    state.handle(Event.TOOK_TEXT, 10.0)
+    state.handle(Event.WRITE, 10.05, interval=INTERVAL)
+    assert not state.waits_for_line_end(10, INTERVAL)
+    assert state.due_at(INTERVAL, unfinished_line=True) == pytest.approx(10.0 + INTERVAL)
+    assert not FlushState().waits_for_line_end(0, INTERVAL)  # (nothing promised)
+
+
 def test_idle_delay_never_exceeds_the_interval() -> None:
     state = FlushState(idle_delay=1.0)
     state.handle(Event.WRITE, 0.0, interval=INTERVAL)
@@ -218,18 +259,31 @@ def test_a_kept_licence_keeps_the_promise_and_its_due_time() -> None:
     st.floats(0, 1),
     st.integers(0, 1 << 20),
     st.floats(0.001, 1),
+    st.booleans(),
+    st.floats(0, 1),
 )
 def test_due_in_never_postpones_past_the_due_time(
-    promised_at: float, age: float, grew_ago: float, pending: int, interval: float
+    promised_at: float,
+    age: float,
+    grew_ago: float,
+    pending: int,
+    interval: float,
+    unfinished: bool,
+    flushed_ago: float,
 ) -> None:
     state = FlushState()
-    state.handle(Event.TOOK_TEXT, promised_at - 0.05)
+    state.handle(Event.TOOK_TEXT, promised_at - flushed_ago)
     state.handle(Event.WRITE, promised_at, interval=interval)
     now = promised_at + age
-    state.due_in(now - grew_ago, pending, interval)
-    wait = state.due_in(now, pending, interval)
+    state.due_in(now - grew_ago, pending, interval, unfinished_line=unfinished)
+    wait = state.due_in(now, pending, interval, unfinished_line=unfinished)
     assert wait is not None and wait >= 0
-    assert now + wait <= max(now, state.due_at(interval)) + 1e-9
+    assert now + wait <= max(now, state.due_at(interval, unfinished)) + 1e-9
+    # an unfinished line postpones by line_wait at most, and never past an interval
+    limit = promised_at + min(interval, state.idle_delay + state.line_wait)
+    if flushed_ago < interval:  # (batched: due an interval after that flush)
+        limit = promised_at - flushed_ago + interval
+    assert now + wait <= max(now, limit) + 1e-9
 
 
 # -- stateful: the promises the group relies on -----------------------------------------

@@ -361,6 +361,43 @@ def test_child_text_is_published_before_the_childs_later_messages(tmp_path: Path
 
 
 @needs_fork
+def test_childs_lines_go_before_the_parents_unfinished_line(tmp_path: Path) -> None:
+    """``print(pool.map(work, items))``: the workers' lines can reach the parent
+    between print's text and its newline. They must not land inside the line."""
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.set_parent({"header": {"msg_id": "cell"}})
+        out.flush_interval = 5.0
+        out.write("warm\\n"); out.flush()   # the parent's next timed flush is far away
+        go_r, go_w = os.pipe()
+        pid = os.fork()   # (as a Pool forks its workers: before the cell prints)
+        if pid == 0:
+            os.read(go_r, 1)
+            out.write("worker 0\\nworker 1\\n")
+            out.flush()   # returns once the parent has handled it
+            os._exit(0)
+        out.write("[0, 1, 4, 9]")   # print's text; its newline comes after the workers'
+        os.write(go_w, b"g")
+        os.waitpid(pid, 0)
+        out.write("\\n")
+        out.flush()
+        expected = "warm\\nworker 0\\nworker 1\\n[0, 1, 4, 9]\\n"
+        ok = k.wait_for(lambda: len(k.text()) >= len(expected))
+        report({"ok": ok, "text": k.text()})
+        """,
+        tmp_path,
+    )
+    assert run.result == {
+        "ok": True,
+        "text": "warm\nworker 0\nworker 1\n[0, 1, 4, 9]\n",
+    }, run.result
+
+
+@needs_fork
 def test_busy_children_do_not_starve_the_parents_flush(tmp_path: Path) -> None:
     """Children printing as fast as they can must not keep the parent's IO thread
     from running the parent's own flushes (each bounded by flush_timeout)."""

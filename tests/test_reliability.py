@@ -89,6 +89,44 @@ def test_stop_is_bounded_when_a_scheduled_call_blocks(impl: ModuleType) -> None:
     context.destroy(linger=0)
 
 
+@needs_fd_capture
+def test_stop_is_bounded_when_a_publish_blocks_with_fd_capture_on(tmp_path: Path) -> None:
+    """The IO thread is stuck in a publish (a send that blocks: the session's
+    send is wrapped to wait): stop() gives up after stop_timeout, and ending the
+    fd capture must not wait for the stuck publish (it used to flush directly,
+    blocking on the publish lock for good)."""
+    run = run_scenario(
+        """
+        import os, threading, time
+        from childkit import Setup, report
+        k = Setup()
+        k.thread.stop_timeout = 1.0
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        out.flush_timeout = 1.0
+        release, entered = threading.Event(), threading.Event()
+        real_send = k.session.send
+        def send(*args, **kwargs):
+            if threading.current_thread() is k.thread.thread:
+                entered.set()
+                release.wait(60)
+            return real_send(*args, **kwargs)
+        k.session.send = send
+        out.write("stuck\\n")
+        assert entered.wait(10)   # the timer's flush is now stuck in the send
+        started = time.monotonic()
+        done = threading.Event()
+        threading.Thread(target=lambda: (k.thread.stop(), done.set()), daemon=True).start()
+        stopped = done.wait(20)
+        report({"stopped": stopped, "seconds": time.monotonic() - started})
+        release.set()
+        os._exit(0)
+        """,
+        tmp_path,
+    )
+    assert run.result["stopped"], run.result
+    assert run.result["seconds"] < 15, run.result
+
+
 def test_many_threads_under_many_parents_every_character_once_in_order(
     kernel: Kernelish,
 ) -> None:

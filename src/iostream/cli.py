@@ -5,7 +5,8 @@ Subcommands:
 ``kernel``
     Launch ipykernel's ``IPKernelApp`` with ``ipykernel.iostream`` resolving to this
     library. Every argument after ``kernel`` goes to ``IPKernelApp`` unchanged
-    (``-f CONNECTION_FILE`` and any ``--IPKernelApp.*`` option).
+    (``-f CONNECTION_FILE`` and any ``--IPKernelApp.*`` option), except
+    ``--thread-inherit-context`` (:mod:`iostream.threadcontext`).
 ``install``
     Write a Jupyter kernelspec whose ``argv`` is
     ``[sys.executable, "-m", "iostream", "kernel", "-f", "{connection_file}"]``.
@@ -13,7 +14,9 @@ Subcommands:
     Remove such a kernelspec again (run it before ``pip uninstall kernel-iostream``).
 ``demo``
     Start such a kernel (no installed kernelspec needed), run a built-in notebook that
-    uses every output path, and print what a frontend receives and when.
+    uses every output path, and print what a frontend receives and when. With
+    ``--compare``, run the same cells on stock ipykernel too and report every
+    difference (:mod:`iostream.democompare`).
 
 This module is the application layer: it may import :mod:`iostream.integration`,
 ipykernel and jupyter_client; nothing in the library imports it.

@@ -13,6 +13,13 @@ The model:
 * When one owner writes under a parent whose latest run belongs to another owner
   (stdout then stderr in the same cell), a new run starts, so the order across
   streams of the same parent is kept.
+* Lines stay whole: a line an owner has begun but not ended is continued by that
+  owner's next write, even when another owner wrote in between (``print`` writes
+  its text and its ``end`` separately; a thread printing to stderr may come
+  between the two). The other owner's text goes after the line. Lines a forked
+  child wrote (:meth:`OutputBuffer.insert_lines`) arrive complete and go before
+  the unfinished line of the stream they were written to: they were complete
+  before it, as a line-buffered terminal would show them.
 * :meth:`OutputBuffer.drain` hands the runs out in the order they were started;
   :func:`split_text` cuts a run into messages of bounded size.
 """
@@ -58,6 +65,8 @@ class OutputBuffer:
         self._runs: list[_Run] = []
         # parent key -> latest run under that parent
         self._latest: dict[object, _Run] = {}
+        # (parent key, owner) -> that owner's latest run under that parent
+        self._mine: dict[tuple[object, int], _Run] = {}
         # the run appended to last: most writes repeat its owner and parent
         self._tail: _Run | None = None
         self.pending_chars = 0
@@ -67,22 +76,69 @@ class OutputBuffer:
 
     def append(self, owner: int, parent: Parent, text: str) -> None:
         """Add ``text`` written by ``owner`` under ``parent``."""
+        if not text:
+            return
         tail = self._tail
         if tail is not None and tail.parent is parent and tail.owner == owner:
             tail.parts.append(text)
             self.pending_chars += len(text)
             return
-        if not text:
-            return
         key = parent_key(parent)
+        mine = self._continuation(owner, key)
+        if mine is not None:
+            # Continue the owner's unfinished line, up to its end only: the lines
+            # after it began after the other owner's text, and go after it. Not the
+            # tail: the owner's next write must find its place the same way.
+            end = text.find("\n") + 1
+            if 0 < end < len(text):
+                self.append(owner, parent, text[:end])
+                self.append(owner, parent, text[end:])
+                return
+            mine.parts.append(text)
+            self.pending_chars += len(text)
+            self._tail = None
+            return
         run = self._latest.get(key)
         if run is None or run.owner != owner:
             run = _Run(owner, parent)
             self._runs.append(run)
             self._latest[key] = run
+            self._mine[key, owner] = run
         self._tail = run
         run.parts.append(text)
         self.pending_chars += len(text)
+
+    def _continuation(self, owner: int, key: object) -> _Run | None:
+        """``owner``'s unfinished line under ``key`` if another owner wrote there
+        since (the run the owner's next write continues), else None."""
+        latest = self._latest.get(key)
+        if latest is None or latest.owner == owner:
+            return None
+        mine = self._mine.get((key, owner))
+        return mine if mine is not None and _unfinished(mine) else None
+
+    def insert_lines(self, owner: int, parent: Parent, text: str) -> None:
+        """Add lines written elsewhere (a forked child's, to ``owner``'s stream)
+        under ``parent``: complete lines go before ``owner``'s unfinished line
+        under that parent if it has one; otherwise as :meth:`append` does."""
+        mine = self._mine.get((parent_key(parent), owner))
+        if not text.endswith("\n") or mine is None or not _unfinished(mine):
+            self.append(owner, parent, text)
+            return
+        parts = mine.parts
+        i = len(parts) - 1
+        while i >= 0 and "\n" not in parts[i]:
+            i -= 1
+        if i < 0:  # the whole run is the unfinished line
+            parts.insert(0, text)
+        else:
+            done, begun = complete_lines(parts[i])
+            parts[i : i + 1] = [done, text, begun] if begun else [done, text]
+        self.pending_chars += len(text)
+
+    def unfinished_line(self) -> bool:
+        """Whether some owner's latest text (under some parent) does not end a line."""
+        return any(_unfinished(run) for run in self._mine.values())
 
     def extend(self, flat: Sequence[Any]) -> None:
         """Add writes given flat, as ``owner, parent, text, owner, parent, text, ...``.
@@ -98,7 +154,11 @@ class OutputBuffer:
         if not texts:
             return
         owner, parent = owners[0], parents[0]
-        if owners.count(owner) == len(owners) and len(set(map(id, parents))) == 1:
+        if (
+            owners.count(owner) == len(owners)
+            and len(set(map(id, parents))) == 1
+            and self._continuation(owner, parent_key(parent)) is None
+        ):
             self.append(owner, parent, "".join(texts))
             return
         for owner, parent, text in zip(owners, parents, texts, strict=True):
@@ -120,9 +180,15 @@ class OutputBuffer:
             kept = [run for run in self._runs if run.owner != owner]
         self._runs = kept
         self._latest = {parent_key(run.parent): run for run in kept}
+        self._mine = {(parent_key(run.parent), run.owner): run for run in kept}
         self._tail = None
         self.pending_chars = sum(len(part) for run in kept for part in run.parts)
         return [Chunk(run.owner, run.parent, "".join(run.parts)) for run in taken]
+
+
+def _unfinished(run: _Run) -> bool:
+    """Whether ``run`` ends inside a line (its parts are never empty strings)."""
+    return not run.parts[-1].endswith("\n")
 
 
 def parent_key(parent: Parent) -> object:

@@ -11,6 +11,7 @@ the reader (which needs the GIL).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import select
@@ -83,11 +84,17 @@ class FdCapture:
         self.thread: threading.Thread | None = None
 
     def start(self, target: Callable[[], None] | None = None) -> None:
-        """Start the reader thread, running ``target`` (default :meth:`read_loop`)."""
+        """Start the reader thread, running ``target`` (default :meth:`read_loop`).
+
+        Started from an empty ``contextvars`` context: a thread that inherits its
+        starter's context (Python 3.14's ``thread_inherit_context``, or
+        :mod:`iostream.threadcontext`) would otherwise take the parent header the
+        starter's context holds, and publish all fd output under it.
+        """
         self.thread = threading.Thread(
             target=target or self.read_loop, name=f"iostream-fd{self.fd}", daemon=True
         )
-        self.thread.start()
+        contextvars.Context().run(self.thread.start)
 
     def read_loop(self) -> None:
         """Reader thread: publish and echo everything until told to stop.

@@ -54,7 +54,12 @@ idle delay; the old timer, if still scheduled, is replaced by it.
 The timing rules (:meth:`FlushState.due_in`):
 
 * output after an idle period (no flush for an ``interval``, or none since the
-  latest NEW_PARENT) is due ``idle_delay`` (2 ms) after it was promised;
+  latest NEW_PARENT) is due ``idle_delay`` (2 ms) after it was promised, once
+  every stream's line is finished: an unfinished line (``print`` writes its
+  text and its end separately; another thread may run between the two) waits
+  for its end, checked every ``quiet_gap``, for ``line_wait`` (50 ms) at most,
+  never past one ``interval`` after the promise, nor once ``burst_chars`` are
+  pending;
 * while output keeps coming it is batched: due one ``interval`` after the
   previous flush;
 * a burst of ``burst_chars`` (64 Ki) or more pending that has not grown for
@@ -105,6 +110,7 @@ class FlushState:
         "idle_delay",
         "licensable",
         "licensed",
+        "line_wait",
         "phase",
         "promised_at",
         "quiet_gap",
@@ -118,8 +124,10 @@ class FlushState:
         quiet_gap: float = 0.01,
         burst_chars: int = 1 << 16,
         licensable: bool = True,
+        line_wait: float = 0.05,
     ) -> None:
         self.idle_delay = idle_delay
+        self.line_wait = line_wait
         self.quiet_gap = quiet_gap
         self.burst_chars = burst_chars
         #: Whether TIMER_SET may license the fast path (False in a forked child).
@@ -195,28 +203,48 @@ class FlushState:
         """Whether a flush is promised (PROMISED or LICENSED)."""
         return self.phase is not Phase.IDLE
 
-    def due_at(self, interval: float) -> float:
+    def _after_idle(self, interval: float) -> bool:
+        """Whether the promise is for output after an idle period."""
+        last = self._last_flush
+        return last is None or self.promised_at - last >= interval
+
+    def waits_for_line_end(self, pending: int, interval: float) -> bool:
+        """Whether an unfinished line would postpone the promised flush now (the
+        idle rule, below ``burst_chars``): only then need the caller find out."""
+        return (
+            self.phase is not Phase.IDLE
+            and pending < self.burst_chars
+            and (self._after_idle(interval))
+        )
+
+    def due_at(self, interval: float, unfinished_line: bool = False) -> float:
         """When the promised flush is due at the latest, by the idle and batching
-        rules; ``math.inf`` if none is promised."""
+        rules; ``math.inf`` if none is promised. ``unfinished_line``: some
+        stream's pending text ends inside a line (see the idle rule)."""
         if self.phase is Phase.IDLE:
             return math.inf
-        last, promised_at = self._last_flush, self.promised_at
-        if last is None or promised_at - last >= interval:
-            return promised_at + min(self.idle_delay, interval)
-        return last + interval
+        if self._after_idle(interval):
+            wait = self.idle_delay + (self.line_wait if unfinished_line else 0.0)
+            return self.promised_at + min(wait, interval)
+        assert self._last_flush is not None  # (not after an idle period)
+        return self._last_flush + interval
 
-    def due_in(self, now: float, pending: int, interval: float) -> float | None:
+    def due_in(
+        self, now: float, pending: int, interval: float, unfinished_line: bool = False
+    ) -> float | None:
         """Seconds until the promised flush is due (0: now); None if none is promised.
 
         ``pending`` is the backlog in characters now: growth since the previous
         call stands in for the time of the latest write (writes read no clock),
-        for the burst rule. Never later than :meth:`due_at`.
+        for the burst rule. ``unfinished_line``: some stream's pending text ends
+        inside a line (only heeded where :meth:`waits_for_line_end`). Never
+        later than :meth:`due_at`.
         """
         if self.phase is Phase.IDLE:
             return None
         if pending != self._seen_pending:
             self._seen_pending, self._grew_at = pending, now
-        due = self.due_at(interval)
+        due = self.due_at(interval, unfinished_line and pending < self.burst_chars)
         burst = pending >= self.burst_chars
         quiet_at = self._grew_at + self.quiet_gap
         if now >= due or (burst and now >= quiet_at):

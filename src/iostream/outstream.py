@@ -346,7 +346,10 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
         if self._capture is not None:
             self._should_watch = False
             self._capture.stop(self.flush_timeout)
-            self._flush()  # the IO thread is gone: publishes here
+            # Through the protocol, never a direct _flush: a stopped thread runs it
+            # inline under its lock first (the lock order), and a thread stuck in a
+            # publish (the stop timeout) gets it queued instead of blocking stop().
+            self._run_on(self._link, self._flush)
 
     def _watch_pipe_fd(self) -> None:
         """Reader thread body: publish and echo what arrives on the pipe."""

@@ -60,10 +60,17 @@ class Publishing:
         """Add text under the current parent and make sure a flush will come."""
         self._buffer_under(self._current_parent(), text)
 
-    def _buffer_under(self, parent: Parent, text: str) -> None:
-        """Add text under ``parent`` and make sure a flush will come. Any thread."""
+    def _buffer_under(self, parent: Parent, text: str, from_child: bool = False) -> None:
+        """Add text under ``parent`` and make sure a flush will come. Any thread.
+
+        ``from_child``: the text is lines a forked child wrote (see
+        :meth:`~iostream.core.OutputBuffer.insert_lines`); IO thread only.
+        """
         group = self._group
-        group.add(self._owner, parent, text)
+        if from_child:
+            group.add_lines(self._owner, parent, text)
+        else:
+            group.add(self._owner, parent, text)
         if group.forked and self._publisher is not None:
             # A forked child is line-buffered, as a terminal is: complete lines go
             # to the parent at once (which batches them; pools kill their workers
@@ -226,12 +233,8 @@ class Publishing:
                 last = chunks.pop()
                 lines, rest = complete_lines(last.text)
                 chunks.append(Chunk(last.owner, last.parent, lines))
-                if rest:
-                    with group.lock:
-                        # Ahead of anything queued meanwhile: it was written first.
-                        group.incoming.extendleft((rest, last.parent, self._owner))
-                        group.incoming_chars += len(rest)
-                        group.owe(time.monotonic())
+                if rest:  # (ahead of anything queued meanwhile: written first)
+                    group.requeue([Chunk(last.owner, last.parent, rest)], time.monotonic())
             self._publish([chunk for chunk in chunks if chunk.text])
 
     def _flush_buffers(self) -> Iterator[tuple[dict[str, Any], str]]:

@@ -63,7 +63,7 @@ class _StreamGroup:
         # made every full collection walk the backlog).
         self.incoming: deque[Any] = deque()
         # Characters in ``incoming``: a bound, not a count (unlocked ``+=`` from
-        # several threads may lose updates; every full take resets it).
+        # several threads may lose updates; every move into ``buffer`` resets it).
         self.incoming_chars = 0
         self.flow = FlushState(licensable=not self.forked)
         self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
@@ -106,7 +106,13 @@ class _StreamGroup:
         """Seconds until the promised flush is due (0: now); None if none is
         promised. Any thread."""
         with self.lock:
-            return self.flow.due_in(now, self.backlog(), interval)
+            unfinished = False
+            if self.flow.waits_for_line_end(self.backlog(), interval):
+                # Less than a burst is pending: moving it into the buffer to see
+                # its line ends costs little and stays within the memory bound.
+                self._absorb_incoming()
+                unfinished = self.buffer.unfinished_line()
+            return self.flow.due_in(now, self.backlog(), interval, unfinished_line=unfinished)
 
     def promise(self, now: float, interval: float) -> int:
         """Promise a flush for text just queued unless one is; return the new
@@ -134,6 +140,14 @@ class _StreamGroup:
             self.incoming.extend((owner, parent, text))
             self.incoming_chars += len(text)
 
+    def add_lines(self, owner: int, parent: Parent, text: str) -> None:
+        """Queue lines a forked child wrote to ``owner``'s stream, ahead of an
+        unfinished line of ours (:meth:`~iostream.core.OutputBuffer.insert_lines`).
+        Any thread."""
+        with self.lock:
+            self._absorb_incoming()  # (what was written before comes first)
+            self.buffer.insert_lines(owner, parent, text)
+
     def backlog(self) -> int:
         """About how many characters wait to be published. Any thread."""
         return self.buffer.pending_chars + self.incoming_chars
@@ -145,12 +159,17 @@ class _StreamGroup:
         self.buffer.extend(list(starmap(incoming.popleft, repeat((), len(incoming)))))
         self.incoming_chars = 0
 
-    def requeue(self, chunks: list[Chunk]) -> None:
-        """Put taken but unpublished chunks back ahead of everything. Any thread."""
+    def requeue(self, chunks: list[Chunk], owed_at: float | None = None) -> None:
+        """Put taken but unpublished chunks back ahead of everything pending (they
+        were written first). ``owed_at``: the time to note that the text is owed
+        a flush (:meth:`owe`), if it is. Any thread."""
         with self.lock:
-            for chunk in reversed(chunks):
-                self.incoming.extendleft((chunk.text, chunk.parent, chunk.owner))
-                self.incoming_chars += len(chunk.text)
+            self._absorb_incoming()
+            pending = self.buffer.drain()
+            for chunk in (*chunks, *pending):
+                self.buffer.append(chunk.owner, chunk.parent, chunk.text)
+            if owed_at is not None:
+                self.owe(owed_at)
 
     def mark_hot(self, now: float, ticket: int) -> None:
         """The timer of promise ``ticket`` is scheduled: license the fast path. Any thread."""
@@ -190,7 +209,7 @@ class _StreamGroup:
         if stream is None:
             logger.warning("iostream: dropped %s output of a child: no such stream", name)
             return
-        stream._buffer_under(parent, text)
+        stream._buffer_under(parent, text, from_child=True)
 
     def _io_publish_pending(self) -> None:
         """Publish what is pending now (a child's text before its next message).

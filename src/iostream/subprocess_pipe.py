@@ -84,10 +84,12 @@ class PipeServer:
     ) -> None:
         """Check one received message and dispatch it. IO thread only.
 
-        ``publish_text()`` runs before a message is forwarded or a sync answered,
-        so the child's earlier text goes out first. Messages without the right
-        key, or malformed, are logged and dropped, never forwarded. A failure
-        handling one message never stops the next.
+        ``publish_text()`` runs before a message is forwarded, so the child's
+        earlier text goes out first. A sync is answered without publishing: the
+        text is in the parent's buffer by then (nothing is lost), and an
+        unfinished line of the parent's stays unfinished until its end comes.
+        Messages without the right key, or malformed, are logged and dropped,
+        never forwarded. A failure handling one message never stops the next.
         """
         head = frames[1] if len(frames) > 1 else b""
         if len(head) <= KEY_SIZE or not hmac.compare_digest(head[:KEY_SIZE], self.key):
@@ -101,7 +103,7 @@ class PipeServer:
                     return
                 on_text(*_unpack_text(body))
                 return
-            if publish_text is not None and kind in (SYNC, MESSAGE):
+            if publish_text is not None and kind == MESSAGE:
                 publish_text()
             if kind == SYNC:
                 self.socket.send_multipart([frames[0], body], zmq.NOBLOCK)

@@ -87,7 +87,8 @@ class _FastWriter:
         :data:`LOCK_FREE_WRITES` (the GIL makes the unlocked appends safe)."""
         # Fast path: a plain str and a flush already on its way (group.add inlined,
         # without its lock: under the GIL ``extend`` of a tuple is atomic, and
-        # ``incoming_chars`` is a bound, reset by every full take).
+        # ``incoming_chars`` is a bound, reset whenever ``incoming`` is moved
+        # into the buffer).
         group = self.group
         if group is not None and group.flow.licensed and string.__class__ is str:
             publisher = group.publisher_ident

@@ -1,4 +1,4 @@
-"""Fixtures for the browser tests: one JupyterLab server and one Chromium per session.
+"""Fixtures for the browser tests: one JupyterLab server and one Chromium per module.
 
 Everything is skipped, with the reason, when Chromium, Playwright or JupyterLab is
 missing (see :func:`labkit.missing_requirements`).
@@ -15,7 +15,7 @@ from labkit import JupyterLab, launch_chromium, missing_requirements
 MISSING = missing_requirements()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
     """A running ``jupyter lab`` with the iostream, iostream-optin and python3 kernelspecs."""
     if MISSING:
@@ -27,9 +27,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Debian Chromium driven by Playwright (sync API)."""
+    """Headless Debian Chromium driven by Playwright (sync API). Module-scoped:
+    Playwright's sync API keeps an asyncio loop running on this thread until it
+    exits, and later tests (``asyncio.run``) need none running."""
     if MISSING:
         pytest.skip(MISSING)
     from playwright.sync_api import sync_playwright

@@ -155,6 +155,27 @@ def test_opt_in_threads_print_into_the_cell_that_started_them(
     assert b.stdout == "cell B runs\ncell B done\n", b.runs()
 
 
+def test_opt_in_keeps_fd_level_output_in_its_cell(opt_in: Kernel) -> None:
+    """The fd reader thread is started while the kernel starts: had it inherited
+    that context (no parent), os.system and C output would go to no cell."""
+    cell = opt_in.run(
+        src(
+            """
+            import ctypes, os
+            os.system("echo from os.system")
+            libc = ctypes.CDLL(None)
+            libc.printf(b"from C printf\\n")
+            libc.fflush(None)
+            print("after")
+            """
+        )
+    )
+    lines = ["from os.system", "from C printf", "after"]
+    assert opt_in.wait_for(cell, lambda c: all(x in c.stdout for x in lines)), cell.runs()
+    # (C output and print can arrive in either order, on stock ipykernel too.)
+    assert sorted(cell.stdout.splitlines()) == sorted(lines), cell.runs()
+
+
 def test_by_default_a_late_thread_prints_into_the_running_cell(ours: Kernel) -> None:
     # ipykernel 7's rule, which its own tests assert: unchanged without the option.
     a = ours.run(THREAD_STARTED_IN_A)
