@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench_common import IPYKERNEL, MIB, OURS, SHORT, Workload
+from bench_common import IPYKERNEL, MAX_MESSAGE_CHARS, OURS, SHORT, Workload
 
 Record = dict[str, Any]
 Row = dict[str, Any]
@@ -89,7 +89,7 @@ def summarize(records: list[Record], workloads: list[Workload], modules: list[st
                     ours_clean
                     and ratio is not None
                     and ratio <= w.target
-                    and ours["max_msg_chars"] <= MIB
+                    and ours["max_msg_chars"] <= MAX_MESSAGE_CHARS
                 )
             else:
                 met = ours_clean and ratio is not None and ratio <= w.target

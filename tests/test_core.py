@@ -397,3 +397,36 @@ def test_extend_rejects_a_broken_triple() -> None:
     with pytest.raises(ValueError, match="triples"):
         buffer.extend([1, {}, "a", 2])
     assert not buffer and buffer.pending_chars == 0
+
+
+def test_drain_cuts_runs_over_their_owners_limit() -> None:
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    lines = "".join(f"{i:03d}\n" for i in range(100))  # 400 characters
+    buffer.append(1, parent, lines)
+    buffer.append(2, parent, "e" * 250)
+    chunks = buffer.drain(limits={1: 100})
+    ones = [c.text for c in chunks if c.owner == 1]
+    assert "".join(ones) == lines and max(map(len, ones)) <= 100
+    assert all(t.endswith("\n") for t in ones)  # cut at line ends where they fit
+    assert [c.text for c in chunks if c.owner == 2] == ["e" * 250]  # no limit given
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(st.integers(0, 1), st.text(max_size=30)), max_size=40),
+    st.integers(1, 50),
+)
+def test_cutting_at_drain_is_lossless_and_bounded(ops: list[tuple[int, str]], limit: int) -> None:
+    plain, cut = OutputBuffer(), OutputBuffer()
+    parent = {"msg_id": "cell"}
+    for owner, text in ops:
+        plain.append(owner, parent, text)
+        cut.append(owner, parent, text)
+    whole = plain.drain()
+    pieces = cut.drain(limits={0: limit, 1: limit})
+    assert all(len(c.text) <= limit for c in pieces)
+    for owner in (0, 1):
+        assert "".join(c.text for c in pieces if c.owner == owner) == "".join(
+            c.text for c in whole if c.owner == owner
+        )

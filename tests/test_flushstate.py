@@ -224,7 +224,9 @@ def test_a_burst_is_not_held_for_its_line_end() -> None:
     state = FlushState(idle_delay=0.002, quiet_gap=0.01, burst_chars=1000)
     state.handle(Event.WRITE, 10.0, interval=INTERVAL)
     assert not state.waits_for_line_end(1000, INTERVAL)
-    assert state.due_in(10.002, 1000, INTERVAL, unfinished_line=True) == 0
+    state.due_in(10.002, 1000, INTERVAL, unfinished_line=True)  # (it grew: watch it)
+    # quiet for quiet_gap: due, unfinished line or not (not held for line_wait)
+    assert state.due_in(10.012, 1000, INTERVAL, unfinished_line=True) == 0
 
 
 def test_batched_output_does_not_wait_for_line_ends() -> None:
@@ -234,6 +236,24 @@ def test_batched_output_does_not_wait_for_line_ends() -> None:
     assert not state.waits_for_line_end(10, INTERVAL)
     assert state.due_at(INTERVAL, unfinished_line=True) == pytest.approx(10.0 + INTERVAL)
     assert not FlushState().waits_for_line_end(0, INTERVAL)  # (nothing promised)
+
+
+def test_a_growing_burst_waits_until_it_goes_quiet_or_for_burst_wait() -> None:
+    """50 MB printed in 1 MB lines: one message, not one per interval (each
+    message makes JupyterLab render the whole output again)."""
+    state = FlushState(quiet_gap=0.01, burst_chars=1000, burst_wait=1.0)
+    state.handle(Event.TOOK_TEXT, 10.0)
+    state.handle(Event.WRITE, 10.01, interval=INTERVAL)
+    pending = 1000
+    now = 10.01
+    while now < 11.0:  # growing at every check: not due at the interval (10.2)
+        pending += 10_000
+        wait = state.due_in(now, pending, INTERVAL)
+        assert wait is not None and 0 < wait <= 0.01
+        now += wait
+    assert state.due_in(11.01, pending + 1, INTERVAL) == 0  # burst_wait after the promise
+    assert state.due_at(INTERVAL, burst=True) == pytest.approx(11.01)
+    assert state.due_at(30.0, burst=True) == pytest.approx(40.01)  # never before an interval
 
 
 def test_idle_delay_never_exceeds_the_interval() -> None:
@@ -278,11 +298,15 @@ def test_due_in_never_postpones_past_the_due_time(
     state.due_in(now - grew_ago, pending, interval, unfinished_line=unfinished)
     wait = state.due_in(now, pending, interval, unfinished_line=unfinished)
     assert wait is not None and wait >= 0
-    assert now + wait <= max(now, state.due_at(interval, unfinished)) + 1e-9
-    # an unfinished line postpones by line_wait at most, and never past an interval
+    burst = pending >= state.burst_chars
+    assert now + wait <= max(now, state.due_at(interval, unfinished, burst)) + 1e-9
+    # an unfinished line postpones by line_wait at most, and never past an interval;
+    # a growing burst by burst_wait (or one interval, if that is longer)
     limit = promised_at + min(interval, state.idle_delay + state.line_wait)
     if flushed_ago < interval:  # (batched: due an interval after that flush)
         limit = promised_at - flushed_ago + interval
+    if burst:
+        limit = promised_at + max(state.burst_wait, interval)
     assert now + wait <= max(now, limit) + 1e-9
 
 

@@ -204,6 +204,7 @@ def test_flood_is_split_and_memory_stays_bounded(tmp_path: Path) -> None:
         from childkit import Setup, report
         k = Setup()
         out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.max_message_chars, out.max_buffer_chars = 1 << 20, 4 << 20   # (default: 64 Mi)
         piece = ("z" * 1023 + "\\n") * (10 * 1024)   # 10 MiB
         received = [0, 0]
         import threading

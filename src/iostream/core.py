@@ -31,8 +31,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Default upper bound on the text of one ``stream`` message (characters).
-DEFAULT_MAX_MESSAGE_CHARS = 1 << 20
+#: Default upper bound on the text of one ``stream`` message (characters): 64 Mi.
+#: JupyterLab renders a cell's whole output again for every message, so a big
+#: output must come in few messages to render as fast as ipykernel's single one
+#: (measured: docs/performance.md, "Big outputs in JupyterLab").
+DEFAULT_MAX_MESSAGE_CHARS = 1 << 26
 
 #: Parent headers are plain dicts; values may be unhashable.
 Parent = Mapping[str, Any]
@@ -168,10 +171,17 @@ class OutputBuffer:
         """Whether ``owner`` has text waiting."""
         return any(run.owner == owner for run in self._runs)
 
-    def drain(self, owner: int | None = None) -> list[Chunk]:
+    def drain(
+        self, owner: int | None = None, limits: Mapping[int, int] | None = None
+    ) -> list[Chunk]:
         """Remove and return the buffered text, one chunk per run, in publishing order.
 
         With ``owner`` given, only that owner's runs are taken; the others stay.
+        ``limits`` maps an owner to the most characters one of its chunks may hold:
+        a longer run comes out as several chunks, cut as :func:`split_text` cuts.
+        Each run's text is cut as soon as it is joined, and its parts let go, so
+        a big backlog is held about twice at the most while it is drained, never
+        once more per message.
         """
         if owner is None:
             taken, kept = self._runs, []
@@ -183,7 +193,17 @@ class OutputBuffer:
         self._mine = {(parent_key(run.parent), run.owner): run for run in kept}
         self._tail = None
         self.pending_chars = sum(len(part) for run in kept for part in run.parts)
-        return [Chunk(run.owner, run.parent, "".join(run.parts)) for run in taken]
+        chunks: list[Chunk] = []
+        for run in taken:
+            text = "".join(run.parts)
+            run.parts.clear()
+            limit = limits.get(run.owner, 0) if limits else 0
+            if 0 < limit < len(text):
+                chunks.extend(Chunk(run.owner, run.parent, p) for p in split_text(text, limit))
+            else:
+                chunks.append(Chunk(run.owner, run.parent, text))
+            del text
+        return chunks
 
 
 def _unfinished(run: _Run) -> bool:

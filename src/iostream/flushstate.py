@@ -62,8 +62,13 @@ The timing rules (:meth:`FlushState.due_in`):
   pending;
 * while output keeps coming it is batched: due one ``interval`` after the
   previous flush;
-* a burst of ``burst_chars`` (64 Ki) or more pending that has not grown for
-  ``quiet_gap`` (10 ms) is due at once.
+* a burst, ``burst_chars`` (64 Ki) or more pending, is due once it has not
+  grown for ``quiet_gap`` (10 ms), and at the latest ``burst_wait`` (1 s) or one
+  ``interval``, whichever is longer, after its promise. So a big output comes in
+  few messages: JupyterLab renders a cell's whole output again for every
+  message, and a 50 MB output in ten messages renders several times slower than
+  in one. (A writer that outruns the IO thread still waits at the stream's
+  ``max_buffer_chars``, which bounds the burst.)
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ class FlushState:
         "_last_flush",
         "_seen_pending",
         "burst_chars",
+        "burst_wait",
         "idle_delay",
         "licensable",
         "licensed",
@@ -125,9 +131,11 @@ class FlushState:
         burst_chars: int = 1 << 16,
         licensable: bool = True,
         line_wait: float = 0.05,
+        burst_wait: float = 1.0,
     ) -> None:
         self.idle_delay = idle_delay
         self.line_wait = line_wait
+        self.burst_wait = burst_wait
         self.quiet_gap = quiet_gap
         self.burst_chars = burst_chars
         #: Whether TIMER_SET may license the fast path (False in a forked child).
@@ -217,12 +225,15 @@ class FlushState:
             and (self._after_idle(interval))
         )
 
-    def due_at(self, interval: float, unfinished_line: bool = False) -> float:
-        """When the promised flush is due at the latest, by the idle and batching
-        rules; ``math.inf`` if none is promised. ``unfinished_line``: some
-        stream's pending text ends inside a line (see the idle rule)."""
+    def due_at(self, interval: float, unfinished_line: bool = False, burst: bool = False) -> float:
+        """When the promised flush is due at the latest, by the idle, batching and
+        burst rules; ``math.inf`` if none is promised. ``unfinished_line``: some
+        stream's pending text ends inside a line (see the idle rule); ``burst``:
+        ``burst_chars`` or more are pending (see the burst rule)."""
         if self.phase is Phase.IDLE:
             return math.inf
+        if burst:  # (due_in makes it due earlier, once the burst goes quiet)
+            return self.promised_at + max(self.burst_wait, interval)
         if self._after_idle(interval):
             wait = self.idle_delay + (self.line_wait if unfinished_line else 0.0)
             return self.promised_at + min(wait, interval)
@@ -244,8 +255,8 @@ class FlushState:
             return None
         if pending != self._seen_pending:
             self._seen_pending, self._grew_at = pending, now
-        due = self.due_at(interval, unfinished_line and pending < self.burst_chars)
         burst = pending >= self.burst_chars
+        due = self.due_at(interval, unfinished_line and not burst, burst)
         quiet_at = self._grew_at + self.quiet_gap
         if now >= due or (burst and now >= quiet_at):
             return 0.0

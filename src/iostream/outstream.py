@@ -81,8 +81,9 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
     flush_interval: float = 0.2
     #: Upper bound on the text of one stream message (characters).
     max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS
-    #: Pending text above which ``write`` waits for a flush (bounds memory).
-    max_buffer_chars: int = 4 * DEFAULT_MAX_MESSAGE_CHARS
+    #: Pending text above which ``write`` waits for a flush (bounds memory). The
+    #: same as a message: a backlog that fits in one message goes out in one.
+    max_buffer_chars: int = DEFAULT_MAX_MESSAGE_CHARS
     topic: bytes | None = None
     encoding = "UTF-8"
     # Like ipykernel's, ``_original_stdstream_copy``, ``_original_stdstream_fd`` and

@@ -97,10 +97,19 @@ class _StreamGroup:
                 # The licence ends (FLUSH) before incoming is emptied (see the class).
                 self.flow.handle(Event.KEEP_FLUSH if keep_licence else Event.FLUSH, now)
             self._absorb_incoming()
-            chunks = self.buffer.drain(owner)
+            chunks = self.buffer.drain(owner, self._message_limits())
             if chunks:
                 self.flow.handle(Event.TOOK_TEXT, now)
         return chunks
+
+    def _message_limits(self) -> dict[int, int]:
+        """Each member's ``max_message_chars``: text is cut into messages as it is
+        taken, so a big backlog is not held once more per message. Lock held."""
+        return {
+            owner: member.max_message_chars
+            for owner, member in list(self.members.items())
+            if isinstance(getattr(member, "max_message_chars", None), int)
+        }
 
     def delay(self, now: float, interval: float) -> float | None:
         """Seconds until the promised flush is due (0: now); None if none is
