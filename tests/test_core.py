@@ -14,6 +14,7 @@ from iostream.core import (
     Utf8Decoder,
     complete_lines,
     make_publishable,
+    split_parts,
     split_text,
 )
 
@@ -430,3 +431,23 @@ def test_cutting_at_drain_is_lossless_and_bounded(ops: list[tuple[int, str]], li
         assert "".join(c.text for c in pieces if c.owner == owner) == "".join(
             c.text for c in whole if c.owner == owner
         )
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(st.text(alphabet="ab\n\U0001f600", max_size=12), max_size=30),
+    st.integers(1, 40),
+)
+def test_split_parts_cuts_exactly_as_split_text(parts: list[str], limit: int) -> None:
+    assert list(split_parts(parts, limit)) == list(split_text("".join(parts), limit))
+
+
+def test_drain_cuts_big_parts_without_joining_the_run_first() -> None:
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    piece = "z" * 9_999 + "\n"
+    for _ in range(7):
+        buffer.append(1, parent, piece)
+    chunks = buffer.drain(limits={1: 25_000})
+    assert [len(c.text) for c in chunks] == [20_000, 20_000, 20_000, 10_000]
+    assert "".join(c.text for c in chunks) == piece * 7

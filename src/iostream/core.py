@@ -27,6 +27,7 @@ The model:
 from __future__ import annotations
 
 import codecs
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,9 @@ from typing import Any
 #: output must come in few messages to render as fast as ipykernel's single one
 #: (measured: docs/performance.md, "Big outputs in JupyterLab").
 DEFAULT_MAX_MESSAGE_CHARS = 1 << 26
+
+#: Parts below this size (characters) on average: a run is joined before it is cut.
+_SMALL_PART = 1024
 
 #: Parent headers are plain dicts; values may be unhashable.
 Parent = Mapping[str, Any]
@@ -179,8 +183,8 @@ class OutputBuffer:
         With ``owner`` given, only that owner's runs are taken; the others stay.
         ``limits`` maps an owner to the most characters one of its chunks may hold:
         a longer run comes out as several chunks, cut as :func:`split_text` cuts.
-        Each run's text is cut as soon as it is joined, and its parts let go, so
-        a big backlog is held about twice at the most while it is drained, never
+        A run over its limit is cut as it is joined (:func:`split_parts`), and its
+        parts are let go as its chunks are made, so a big backlog is not held
         once more per message.
         """
         if owner is None:
@@ -195,14 +199,21 @@ class OutputBuffer:
         self.pending_chars = sum(len(part) for run in kept for part in run.parts)
         chunks: list[Chunk] = []
         for run in taken:
-            text = "".join(run.parts)
-            run.parts.clear()
+            parts, run.parts = run.parts, []
             limit = limits.get(run.owner, 0) if limits else 0
-            if 0 < limit < len(text):
-                chunks.extend(Chunk(run.owner, run.parent, p) for p in split_text(text, limit))
+            size = sum(map(len, parts)) if limit else 0
+            if 0 < limit < size:
+                # Over the limit: cut it as it is joined (parts of 1 KiB or more on
+                # average), or join it once and cut (many tiny parts join faster so).
+                pieces = (
+                    split_parts(parts, limit)
+                    if len(parts) * _SMALL_PART <= size
+                    else split_text("".join(parts), limit)
+                )
+                chunks.extend(Chunk(run.owner, run.parent, piece) for piece in pieces)
             else:
-                chunks.append(Chunk(run.owner, run.parent, text))
-            del text
+                chunks.append(Chunk(run.owner, run.parent, "".join(parts)))
+            del parts
         return chunks
 
 
@@ -241,6 +252,53 @@ def split_text(text: str, limit: int) -> Iterator[str]:
         start = stop
     if start < end:
         yield text[start:]
+
+
+def split_parts(parts: Sequence[str], limit: int) -> Iterator[str]:
+    """Yield what :func:`split_text` yields for ``"".join(parts)``, joining one
+    piece's worth of ``parts`` at a time: the text is never held whole as well as
+    in pieces. For parts of some size; many tiny parts join faster at once."""
+    held: deque[str] = deque()  # the parts (or the rest of one) not yielded yet
+    size = 0
+    for part in parts:
+        if part:
+            held.append(part)
+            size += len(part)
+        while size > limit:
+            piece = _cut_front(held, limit)
+            size -= len(piece)
+            yield piece
+    if size:
+        yield "".join(held)
+
+
+def _cut_front(held: deque[str], limit: int) -> str:
+    """Remove and return the first piece :func:`split_text` would cut from the
+    text of ``held`` (which holds more than ``limit`` characters)."""
+    # The last newline at a position in [limit // 2, limit) of the text, as in
+    # split_text; none: cut at the limit.
+    newline, offset = -1, 0
+    for part in held:
+        if offset >= limit:
+            break
+        low, high = max(limit // 2, offset), min(limit, offset + len(part))
+        if low < high:
+            found = part.rfind("\n", low - offset, high - offset)
+            if found >= 0:
+                newline = offset + found
+        offset += len(part)
+    need = newline + 1 if newline >= 0 else limit
+    taken: list[str] = []
+    while need:
+        part = held[0]
+        if len(part) <= need:
+            taken.append(held.popleft())
+            need -= len(part)
+        else:
+            taken.append(part[:need])
+            held[0] = part[need:]
+            need = 0
+    return "".join(taken)
 
 
 def complete_lines(text: str) -> tuple[str, str]:
