@@ -141,6 +141,32 @@ def test_a_childs_lines_go_after_finished_lines_and_before_the_unfinished_rest()
     assert buffer.pending_chars == 0
 
 
+def test_a_childs_partial_line_is_continued_by_its_next_lines() -> None:
+    """A child's ``write("Progress: "); flush(); write("done\\n")``: the end of its
+    line comes after the partial line it sent, never before it."""
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    buffer.insert_lines(1, parent, "Progress: ")
+    buffer.insert_lines(1, parent, "...")
+    buffer.insert_lines(1, parent, "done\nnext\n")
+    assert [c.text for c in buffer.drain()] == ["Progress: ...done\nnext\n"]
+    # ... but once the parent wrote after it, the unfinished line is the parent's.
+    buffer.insert_lines(1, parent, "child: ")
+    buffer.append(1, parent, "[0, 1]")
+    buffer.insert_lines(1, parent, "lines\n")
+    assert [c.text for c in buffer.drain()] == ["lines\nchild: [0, 1]"]
+
+
+def test_a_childs_long_line_sent_in_pieces_arrives_whole_and_in_order() -> None:
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    line = ",".join(f"{i:02d}" for i in range(30)) + "\n"
+    buffer.append(1, parent, "mine\n")
+    for piece in split_text(line, 40):
+        buffer.insert_lines(1, parent, piece)
+    assert [c.text for c in buffer.drain()] == ["mine\n" + line]
+
+
 def test_a_childs_lines_without_an_unfinished_line_are_appended() -> None:
     buffer = OutputBuffer()
     parent = {"msg_id": "cell"}
@@ -435,11 +461,25 @@ def test_cutting_at_drain_is_lossless_and_bounded(ops: list[tuple[int, str]], li
 
 @settings(max_examples=500)
 @given(
-    st.lists(st.text(alphabet="ab\n\U0001f600", max_size=12), max_size=30),
+    st.lists(st.text(alphabet="ab\n\U0001f600\ud83d\ude00", max_size=12), max_size=30),
     st.integers(1, 40),
 )
 def test_split_parts_cuts_exactly_as_split_text(parts: list[str], limit: int) -> None:
     assert list(split_parts(parts, limit)) == list(split_text("".join(parts), limit))
+
+
+def test_a_surrogate_pair_written_as_two_code_points_is_not_cut_in_two() -> None:
+    text = "abcdefghi\ud83d\ude00xyz"
+    assert list(split_text(text, 10)) == ["abcdefghi", "\ud83d\ude00xyz"]
+    assert list(split_parts(["abcdefghi\ud83d", "\ude00xyz"], 10)) == list(split_text(text, 10))
+    assert [make_publishable(p) for p in split_text(text, 10)] == ["abcdefghi", "\U0001f600xyz"]
+    assert list(split_text("\ud83d\ude00", 1)) == ["\ud83d", "\ude00"]  # (no room)
+
+
+def test_split_parts_of_one_huge_part_is_lossless_and_cut_at_lines() -> None:
+    part = "".join(f"{i:07d}\n" for i in range(200_000))  # 1.6 M characters
+    pieces = list(split_parts([part], 1000))
+    assert "".join(pieces) == part and len(pieces) == 1600
 
 
 def test_drain_cuts_big_parts_without_joining_the_run_first() -> None:

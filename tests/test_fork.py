@@ -398,6 +398,36 @@ def test_childs_lines_go_before_the_parents_unfinished_line(tmp_path: Path) -> N
 
 
 @needs_fork
+def test_childs_flushed_partial_line_is_continued_in_order(tmp_path: Path) -> None:
+    """A worker's ``print("Progress: ", end="", flush=True)`` and then its newline
+    (tqdm in a Pool worker does this): its line must come out in the order written."""
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.set_parent({"header": {"msg_id": "cell"}})
+        out.flush_interval = 5.0
+        out.write("warm\\n"); out.flush()   # the parent's next timed flush is far away
+        pid = os.fork()
+        if pid == 0:
+            out.write("Progress: "); out.flush()
+            out.write("..."); out.flush()
+            out.write("done\\n"); out.flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        out.flush()
+        expected = "warm\\nProgress: ...done\\n"
+        ok = k.wait_for(lambda: len(k.text()) >= len(expected))
+        report({"ok": ok, "text": k.text()})
+        """,
+        tmp_path,
+    )
+    assert run.result == {"ok": True, "text": "warm\nProgress: ...done\n"}, run.result
+
+
+@needs_fork
 def test_busy_children_do_not_starve_the_parents_flush(tmp_path: Path) -> None:
     """Children printing as fast as they can must not keep the parent's IO thread
     from running the parent's own flushes (each bounded by flush_timeout)."""

@@ -65,9 +65,8 @@ class ChildLink:
 
         ``handler(owner, name, parent, text)`` runs on the IO thread of this (the
         parent) process; ``publish()`` too, before a child's other message is
-        forwarded or its flush answered, so that text it wrote earlier is
-        published before them. Without a handler such text is logged and
-        dropped. Any thread.
+        forwarded, so that text it wrote earlier is published before it.
+        Without a handler such text is logged and dropped. Any thread.
         """
         self._child_text_handler = handler
         self._child_text_publish = publish

@@ -74,6 +74,10 @@ class OutputBuffer:
         self._latest: dict[object, _Run] = {}
         # (parent key, owner) -> that owner's latest run under that parent
         self._mine: dict[tuple[object, int], _Run] = {}
+        # (parent key, owner) -> (run, its number of parts) when text from
+        # elsewhere (insert_lines) left that run's line unfinished: more such
+        # text continues that line (a child's flush() sends a partial line).
+        self._left_unfinished: dict[tuple[object, int], tuple[_Run, int]] = {}
         # the run appended to last: most writes repeat its owner and parent
         self._tail: _Run | None = None
         self.pending_chars = 0
@@ -125,12 +129,23 @@ class OutputBuffer:
         return mine if mine is not None and _unfinished(mine) else None
 
     def insert_lines(self, owner: int, parent: Parent, text: str) -> None:
-        """Add lines written elsewhere (a forked child's, to ``owner``'s stream)
-        under ``parent``: complete lines go before ``owner``'s unfinished line
-        under that parent if it has one; otherwise as :meth:`append` does."""
-        mine = self._mine.get((parent_key(parent), owner))
-        if not text.endswith("\n") or mine is None or not _unfinished(mine):
+        """Add text written elsewhere (a forked child's, to ``owner``'s stream)
+        under ``parent``. Complete lines go before ``owner``'s unfinished line
+        under that parent, if it has one that nothing but such text wrote last;
+        otherwise (text ending inside a line, text continuing the unfinished line
+        it left, nothing unfinished) it is added as :meth:`append` adds it."""
+        key = parent_key(parent)
+        mine = self._mine.get((key, owner))
+        # Whether the unfinished line is what such text left, nothing written since.
+        left = self._left_unfinished.pop((key, owner), None)
+        its_own = False
+        if left is not None and mine is not None:
+            its_own = left[0] is mine and left[1] == len(mine.parts)
+        if not text.endswith("\n") or mine is None or not _unfinished(mine) or its_own:
             self.append(owner, parent, text)
+            mine = self._mine.get((key, owner))
+            if mine is not None and _unfinished(mine):
+                self._left_unfinished[key, owner] = (mine, len(mine.parts))
             return
         parts = mine.parts
         i = len(parts) - 1
@@ -183,9 +198,8 @@ class OutputBuffer:
         With ``owner`` given, only that owner's runs are taken; the others stay.
         ``limits`` maps an owner to the most characters one of its chunks may hold:
         a longer run comes out as several chunks, cut as :func:`split_text` cuts.
-        A run over its limit is cut as it is joined (:func:`split_parts`), and its
-        parts are let go as its chunks are made, so a big backlog is not held
-        once more per message.
+        A run over its limit is cut as it is joined (:func:`split_parts`), so a
+        big backlog is not held once more in pieces.
         """
         if owner is None:
             taken, kept = self._runs, []
@@ -195,6 +209,10 @@ class OutputBuffer:
         self._runs = kept
         self._latest = {parent_key(run.parent): run for run in kept}
         self._mine = {(parent_key(run.parent), run.owner): run for run in kept}
+        kept_ids = {id(run) for run in kept}
+        self._left_unfinished = {
+            k: v for k, v in self._left_unfinished.items() if id(v[0]) in kept_ids
+        }
         self._tail = None
         self.pending_chars = sum(len(part) for run in kept for part in run.parts)
         chunks: list[Chunk] = []
@@ -238,46 +256,69 @@ def parent_key(parent: Parent) -> object:
 
 
 def split_text(text: str, limit: int) -> Iterator[str]:
-    """Yield pieces of ``text`` of at most ``limit`` characters, in order.
+    """Yield pieces of ``text`` of at most ``limit`` (at least 1) characters, in order.
 
     A piece ends after the last newline inside the window when there is one in
     its second half, so lines are only broken when they are longer than about
-    half the limit. Splitting works on code points, so no character is broken.
+    half the limit. Splitting works on code points, so no character is broken,
+    and a surrogate pair written as two code points is not cut in two where a
+    piece can hold more than one code point (:func:`make_publishable` joins it).
     """
     start, end = 0, len(text)
     while end - start > limit:
         cut = text.rfind("\n", start + limit // 2, start + limit)
-        stop = cut + 1 if cut >= 0 else start + limit
+        if cut >= 0:
+            stop = cut + 1
+        else:
+            stop = start + limit
+            if stop - 1 > start and _is_pair(text[stop - 1], text[stop]):
+                stop -= 1
         yield text[start:stop]
         start = stop
     if start < end:
         yield text[start:]
 
 
+def _is_pair(first: str, second: str) -> bool:
+    """Whether two code points are a high and a low surrogate (one character)."""
+    return "\ud800" <= first <= "\udbff" and "\udc00" <= second <= "\udfff"
+
+
 def split_parts(parts: Sequence[str], limit: int) -> Iterator[str]:
     """Yield what :func:`split_text` yields for ``"".join(parts)``, joining one
     piece's worth of ``parts`` at a time: the text is never held whole as well as
     in pieces. For parts of some size; many tiny parts join faster at once."""
-    held: deque[str] = deque()  # the parts (or the rest of one) not yielded yet
-    size = 0
+    held: deque[str] = deque()  # the parts not yielded yet, in order
+    skip = 0  # characters of held[0] already yielded
+    size = 0  # characters held and not yielded yet
     for part in parts:
         if part:
             held.append(part)
             size += len(part)
         while size > limit:
-            piece = _cut_front(held, limit)
-            size -= len(piece)
-            yield piece
+            need = _first_cut(held, skip, limit)
+            taken: list[str] = []
+            size -= need
+            while need:
+                first = held[0]
+                rest = len(first) - skip
+                if rest <= need:
+                    taken.append(first[skip:] if skip else first)
+                    held.popleft()
+                    skip, need = 0, need - rest
+                else:
+                    taken.append(first[skip : skip + need])
+                    skip, need = skip + need, 0
+            yield "".join(taken)
     if size:
-        yield "".join(held)
+        first = held.popleft()
+        yield "".join([first[skip:] if skip else first, *held])
 
 
-def _cut_front(held: deque[str], limit: int) -> str:
-    """Remove and return the first piece :func:`split_text` would cut from the
-    text of ``held`` (which holds more than ``limit`` characters)."""
-    # The last newline at a position in [limit // 2, limit) of the text, as in
-    # split_text; none: cut at the limit.
-    newline, offset = -1, 0
+def _first_cut(held: deque[str], skip: int, limit: int) -> int:
+    """The length of the first piece :func:`split_text` cuts from the text of
+    ``held`` after its first ``skip`` characters (more than ``limit`` are left)."""
+    newline, offset = -1, -skip  # positions relative to the text left
     for part in held:
         if offset >= limit:
             break
@@ -287,18 +328,21 @@ def _cut_front(held: deque[str], limit: int) -> str:
             if found >= 0:
                 newline = offset + found
         offset += len(part)
-    need = newline + 1 if newline >= 0 else limit
-    taken: list[str] = []
-    while need:
-        part = held[0]
-        if len(part) <= need:
-            taken.append(held.popleft())
-            need -= len(part)
-        else:
-            taken.append(part[:need])
-            held[0] = part[need:]
-            need = 0
-    return "".join(taken)
+    if newline >= 0:
+        return newline + 1
+    if limit > 1 and _is_pair(_char_at(held, skip, limit - 1), _char_at(held, skip, limit)):
+        return limit - 1
+    return limit
+
+
+def _char_at(held: deque[str], skip: int, index: int) -> str:
+    """The code point at ``index`` of the text of ``held`` after ``skip``."""
+    offset = -skip
+    for part in held:
+        if index < offset + len(part):
+            return part[index - offset]
+        offset += len(part)
+    return ""
 
 
 def complete_lines(text: str) -> tuple[str, str]:

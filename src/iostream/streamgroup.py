@@ -97,7 +97,8 @@ class _StreamGroup:
                 # The licence ends (FLUSH) before incoming is emptied (see the class).
                 self.flow.handle(Event.KEEP_FLUSH if keep_licence else Event.FLUSH, now)
             self._absorb_incoming()
-            chunks = self.buffer.drain(owner, self._message_limits())
+            # (A forked child hands its text to the parent, which cuts it.)
+            chunks = self.buffer.drain(owner, None if self.forked else self._message_limits())
             if chunks:
                 self.flow.handle(Event.TOOK_TEXT, now)
         return chunks
@@ -108,7 +109,7 @@ class _StreamGroup:
         return {
             owner: member.max_message_chars
             for owner, member in list(self.members.items())
-            if isinstance(getattr(member, "max_message_chars", None), int)
+            if type(getattr(member, "max_message_chars", None)) is int
         }
 
     def delay(self, now: float, interval: float) -> float | None:
