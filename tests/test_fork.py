@@ -360,12 +360,9 @@ def test_child_text_is_published_before_the_childs_later_messages(tmp_path: Path
     assert run.result["kinds"] == ["warm\n", "printed first\n", "display_data"], run.result
 
 
-@needs_fork
-def test_childs_lines_go_before_the_parents_unfinished_line(tmp_path: Path) -> None:
-    """``print(pool.map(work, items))``: the workers' lines can reach the parent
-    between print's text and its newline. They must not land inside the line."""
-    run = run_scenario(
-        """
+#: A stream under a cell whose output was just flushed: its next timed flush is 5 s
+#: away, so nothing pending is published before the scenario flushes.
+WARM_PARENT = """
         import os
         from childkit import Setup, report
         k = Setup()
@@ -373,6 +370,16 @@ def test_childs_lines_go_before_the_parents_unfinished_line(tmp_path: Path) -> N
         out.set_parent({"header": {"msg_id": "cell"}})
         out.flush_interval = 5.0
         out.write("warm\\n"); out.flush()   # the parent's next timed flush is far away
+"""
+
+
+@needs_fork
+def test_childs_lines_go_before_the_parents_unfinished_line(tmp_path: Path) -> None:
+    """``print(pool.map(work, items))``: the workers' lines can reach the parent
+    between print's text and its newline. They must not land inside the line."""
+    run = run_scenario(
+        WARM_PARENT
+        + """
         go_r, go_w = os.pipe()
         pid = os.fork()   # (as a Pool forks its workers: before the cell prints)
         if pid == 0:
@@ -402,14 +409,8 @@ def test_childs_flushed_partial_line_is_continued_in_order(tmp_path: Path) -> No
     """A worker's ``print("Progress: ", end="", flush=True)`` and then its newline
     (tqdm in a Pool worker does this): its line must come out in the order written."""
     run = run_scenario(
-        """
-        import os
-        from childkit import Setup, report
-        k = Setup()
-        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
-        out.set_parent({"header": {"msg_id": "cell"}})
-        out.flush_interval = 5.0
-        out.write("warm\\n"); out.flush()   # the parent's next timed flush is far away
+        WARM_PARENT
+        + """
         pid = os.fork()
         if pid == 0:
             out.write("Progress: "); out.flush()
