@@ -466,6 +466,20 @@ def test_cutting_at_drain_is_lossless_and_bounded(ops: list[tuple[int, str]], li
 )
 def test_split_parts_cuts_exactly_as_split_text(parts: list[str], limit: int) -> None:
     assert list(split_parts(parts, limit)) == list(split_text("".join(parts), limit))
+    assert list(split_text("".join(parts), limit)) == _reference_split("".join(parts), limit)
+
+
+def _reference_split(text: str, limit: int) -> list[str]:
+    """The cutting rule, written plainly on the whole text (an independent model)."""
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        cut = text.rfind("\n", start + limit // 2, start + limit)
+        stop = cut + 1 if cut >= 0 else start + limit
+        if cut < 0 and stop - 1 > start and "\ud800" <= text[stop - 1] <= "\udbff":
+            stop -= "\udc00" <= text[stop] <= "\udfff"
+        pieces.append(text[start:stop])
+        start = stop
+    return pieces + ([text[start:]] if start < len(text) else [])
 
 
 def test_a_surrogate_pair_written_as_two_code_points_is_not_cut_in_two() -> None:

@@ -197,7 +197,7 @@ class OutputBuffer:
 
         With ``owner`` given, only that owner's runs are taken; the others stay.
         ``limits`` maps an owner to the most characters one of its chunks may hold:
-        a longer run comes out as several chunks, cut as :func:`split_text` cuts.
+        a longer run comes out as several chunks, cut as :func:`split_parts` cuts.
         A run over its limit is cut as it is joined (:func:`split_parts`), so a
         big backlog is not held once more in pieces.
         """
@@ -209,11 +209,15 @@ class OutputBuffer:
         self._runs = kept
         self._latest = {parent_key(run.parent): run for run in kept}
         self._mine = {(parent_key(run.parent), run.owner): run for run in kept}
-        kept_ids = {id(run) for run in kept}
-        self._left_unfinished = {
-            k: v for k, v in self._left_unfinished.items() if id(v[0]) in kept_ids
-        }
+        if self._left_unfinished:
+            kept_ids = {id(run) for run in kept}
+            self._left_unfinished = {
+                k: v for k, v in self._left_unfinished.items() if id(v[0]) in kept_ids
+            }
         self._tail = None
+        # No run holds more than the whole backlog: below every limit, none is cut.
+        if limits and self.pending_chars <= min(limits.values()):
+            limits = None
         self.pending_chars = sum(len(part) for run in kept for part in run.parts)
         chunks: list[Chunk] = []
         for run in taken:
@@ -256,27 +260,9 @@ def parent_key(parent: Parent) -> object:
 
 
 def split_text(text: str, limit: int) -> Iterator[str]:
-    """Yield pieces of ``text`` of at most ``limit`` (at least 1) characters, in order.
-
-    A piece ends after the last newline inside the window when there is one in
-    its second half, so lines are only broken when they are longer than about
-    half the limit. Splitting works on code points, so no character is broken,
-    and a surrogate pair written as two code points is not cut in two where a
-    piece can hold more than one code point (:func:`make_publishable` joins it).
-    """
-    start, end = 0, len(text)
-    while end - start > limit:
-        cut = text.rfind("\n", start + limit // 2, start + limit)
-        if cut >= 0:
-            stop = cut + 1
-        else:
-            stop = start + limit
-            if stop - 1 > start and _is_pair(text[stop - 1], text[stop]):
-                stop -= 1
-        yield text[start:stop]
-        start = stop
-    if start < end:
-        yield text[start:]
+    """Yield pieces of ``text`` of at most ``limit`` (at least 1) characters, in
+    order, cut as :func:`split_parts` cuts."""
+    return split_parts((text,), limit)
 
 
 def _is_pair(first: str, second: str) -> bool:
@@ -285,9 +271,17 @@ def _is_pair(first: str, second: str) -> bool:
 
 
 def split_parts(parts: Sequence[str], limit: int) -> Iterator[str]:
-    """Yield what :func:`split_text` yields for ``"".join(parts)``, joining one
-    piece's worth of ``parts`` at a time: the text is never held whole as well as
-    in pieces. For parts of some size; many tiny parts join faster at once."""
+    """Yield the text of ``parts``, in order, in pieces of at most ``limit`` (at
+    least 1) characters, joining one piece's worth of ``parts`` at a time: the
+    text is never held whole as well as in pieces. For parts of some size; many
+    tiny parts join faster at once (then :func:`split_text` the joined text).
+
+    A piece ends after the last newline inside its window when there is one in
+    the window's second half, so lines are only broken when they are longer than
+    about half the limit. Cuts count code points, so no character is broken, and
+    a surrogate pair written as two code points is not cut in two where a piece
+    can hold more than one code point (:func:`make_publishable` joins it).
+    """
     held: deque[str] = deque()  # the parts not yielded yet, in order
     skip = 0  # characters of held[0] already yielded
     size = 0  # characters held and not yielded yet
@@ -316,7 +310,7 @@ def split_parts(parts: Sequence[str], limit: int) -> Iterator[str]:
 
 
 def _first_cut(held: deque[str], skip: int, limit: int) -> int:
-    """The length of the first piece :func:`split_text` cuts from the text of
+    """The length of the first piece :func:`split_parts` cuts from the text of
     ``held`` after its first ``skip`` characters (more than ``limit`` are left)."""
     newline, offset = -1, -skip  # positions relative to the text left
     for part in held:

@@ -222,7 +222,7 @@ class FlushState:
         return (
             self.phase is not Phase.IDLE
             and pending < self.burst_chars
-            and (self._after_idle(interval))
+            and self._after_idle(interval)
         )
 
     def due_at(self, interval: float, unfinished_line: bool = False, burst: bool = False) -> float:
@@ -256,7 +256,7 @@ class FlushState:
         if pending != self._seen_pending:
             self._seen_pending, self._grew_at = pending, now
         burst = pending >= self.burst_chars
-        due = self.due_at(interval, unfinished_line and not burst, burst)
+        due = self.due_at(interval, unfinished_line, burst)
         quiet_at = self._grew_at + self.quiet_gap
         if now >= due or (burst and now >= quiet_at):
             return 0.0
