@@ -1,20 +1,19 @@
-"""Forked children (pipe=True): batching, delivery at exit, fork safety, security."""
+"""Forked children (pipe=True): batching, delivery at exit, fork safety, the channel."""
 
 from __future__ import annotations
 
 import logging
-import stat
+import socket
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
-import zmq
 
-import iostream.platform
 from support import Kernelish, needs_fork, run_scenario
 
 # Most tests fork (os.fork or multiprocessing's "fork" context) and are marked
-# needs_fork; the ones that only talk to the pipe server also run where it is TCP.
+# needs_fork; the ones that only talk to the parent's end of the channel do not.
 
 
 @needs_fork
@@ -163,35 +162,21 @@ def test_fork_while_other_threads_write_and_flush_never_hangs(tmp_path: Path) ->
     assert run.result == {"hung": 0, "ok": True}
 
 
-@pytest.mark.skipif(
-    iostream.platform.PIPE_TRANSPORT == "tcp",
-    reason="no ipc:// transport (Windows, or forced with IOSTREAM_PLATFORM): loopback TCP",
-)
-def test_subprocess_pipe_is_private_ipc(kernel: Kernelish) -> None:
-    """ipykernel binds the pipe on TCP 127.0.0.1, reachable by any local user."""
-    endpoint = kernel.thread._pipe_server.endpoint
-    assert endpoint.startswith("ipc://")
-    directory = Path(endpoint[len("ipc://") :]).parent
-    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-
-
-def test_messages_with_a_wrong_key_are_logged_never_published(
-    kernel: Kernelish, caplog: pytest.LogCaptureFixture
-) -> None:
-    endpoint = kernel.thread._pipe_server.endpoint
-    intruder = kernel.context.socket(zmq.DEALER)
-    intruder.linger = 0
-    intruder.connect(endpoint)
-    frames = kernel.session.serialize(
-        kernel.session.msg("stream", {"name": "stdout", "text": "evil"})
-    )
-    with caplog.at_level(logging.WARNING, logger="iostream"):
-        intruder.send_multipart([b"0" * 16, b"m", *frames])
-        kernel.receiver.poll(0.5)
-        kernel.thread.flush(5)
-    assert kernel.receiver.streams() == []
-    assert "rejected" in caplog.text
-    intruder.close()
+@needs_fork
+def test_channel_is_private_and_never_reaches_executed_programs(kernel: Kernelish) -> None:
+    """ipykernel binds its pipe on TCP 127.0.0.1, reachable by any local user. Ours
+    is a socketpair (no address anyone can connect to), close-on-exec: a program a
+    child executes never holds it, even with ``close_fds=False``."""
+    channel = kernel.thread._channel
+    fds = {channel.reader.fileno(), channel.writer.fileno()}
+    for sock in (channel.reader, channel.writer):
+        assert sock.family == socket.AF_UNIX and sock.type == socket.SOCK_DGRAM
+        assert not sock.get_inheritable()
+        assert sock.getsockname() in ("", b"")  # unnamed: nothing to connect to
+    listing = subprocess.run(
+        ["ls", "/proc/self/fd"], capture_output=True, text=True, close_fds=False, check=True
+    ).stdout.split()
+    assert fds.isdisjoint(int(fd) for fd in listing)
 
 
 @needs_fork
@@ -235,27 +220,28 @@ def test_child_text_keeps_parent_with_dates_and_replaces_lone_surrogates(
 def test_malformed_child_records_are_logged_and_output_continues(
     kernel: Kernelish, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Records with the right key but a broken payload are logged and dropped; the
-    IO thread keeps handling the pipe (a later sync is answered) and publishing."""
-    server = kernel.thread._pipe_server
-    sender = kernel.context.socket(zmq.DEALER)
-    sender.linger = 0
-    sender.connect(server.endpoint)
+    """Broken datagrams on the channel are logged and dropped; the IO thread keeps
+    reading it (a good record after them arrives) and publishing."""
+    writer = kernel.thread._channel.writer
+    head = struct.Struct("!cBIQ")  # kind, flags, pid, thread
+    whole = 3  # FIRST | LAST
     stream = kernel.stream()
+    stream.set_parent({"header": {"msg_id": "cell"}})
+    good = struct.pack("!QHI", id(stream), 6, 2) + b"stdout{}child line\n"
     with caplog.at_level(logging.WARNING, logger="iostream"):
-        sender.send(server.key + b"t" + b"truncated")
-        sender.send(server.key + b"t" + struct.pack("!QHI", 1, 6, 1) + b"stdout{x")  # bad JSON
-        sender.send(server.key + b"?unknown kind")
-        sender.send(server.key + b"s7")  # answered after the ones above
-        assert sender.poll(5000), "the parent never answered the sync"
-        answer = sender.recv_multipart()
-    sender.close()
-    assert answer == [b"7"]
-    assert any("child" in r.getMessage() for r in caplog.records)
+        writer.send(b"x")  # shorter than a head
+        writer.send(head.pack(b"t", whole, 1, 0) + b"truncated")
+        writer.send(head.pack(b"t", whole, 1, 0) + struct.pack("!QHI", 1, 6, 1) + b"stdout{x")
+        writer.send(head.pack(b"?", whole, 1, 0) + b"unknown kind")
+        writer.send(head.pack(b"m", whole, 1, 0) + b"\xff\xff\xff\xff")  # a frame past the end
+        writer.send(head.pack(b"t", 2, 1, 0) + good)  # the last piece of a lost record
+        writer.send(head.pack(b"t", whole, 1, 0) + good)
+        kernel.receiver.wait_for_text("child line\n")
+    assert len([r for r in caplog.records if "child" in r.getMessage()]) >= 6, caplog.text
     stream.write("still alive\n")
     stream.flush()
-    kernel.receiver.wait_for_text("still alive\n")
-    assert kernel.receiver.text() == "still alive\n"
+    kernel.receiver.wait_for_text("child line\nstill alive\n")
+    assert kernel.receiver.text() == "child line\nstill alive\n"
 
 
 @needs_fork
@@ -465,3 +451,314 @@ def test_busy_children_do_not_starve_the_parents_flush(tmp_path: Path) -> None:
     assert run.result["ok"], run.result
     assert "IOStream.flush timed out" not in run.stderr
     assert run.result["slowest_flush"] < 5, run.result
+
+
+@needs_fork
+def test_a_stuck_parent_never_hangs_a_child_its_text_goes_to_the_terminal(
+    tmp_path: Path,
+) -> None:
+    """The parent's IO thread is stuck and the channel's buffer fills: each send
+    waits at most ``send_timeout``, then the child's text goes to its original
+    stdout with one note. Every line arrives exactly once, on one side or the
+    other, in order."""
+    run = run_scenario(
+        """
+        import os, sys, threading, time
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        channel = k.thread._channel
+        channel.send_timeout = 0.5
+        stuck = threading.Event()
+        k.thread.schedule(stuck.wait, 30)   # the parent's IO thread takes nothing now
+        lines = [f"line {i:06d} " + "x" * 40 for i in range(40000)]
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            t0 = time.monotonic()
+            for line in lines:
+                print(line, file=out)
+            sys.__stdout__.flush()
+            os.write(w, str(time.monotonic() - t0).encode())
+            os._exit(0)
+        os.close(w)
+        took = float(os.read(r, 100))
+        os.waitpid(pid, 0)
+        stuck.set()
+        k.wait_for(lambda: "line" in k.text() and k.poll(2.0) is False, timeout=60)
+        published = [l for l in k.text().splitlines() if l.startswith("line")]
+        report({"took": took, "published": published, "lines": lines})
+        """,
+        tmp_path,
+        timeout=120,
+    )
+    r = run.result
+    terminal = run.stdout.decode().splitlines()
+    notes = [line for line in terminal if "cannot reach its parent" in line]
+    assert len(notes) == 1, terminal[:5]
+    fallen_back = [line for line in terminal if line.startswith("line")]
+    assert r["published"] and fallen_back, (len(r["published"]), len(fallen_back))
+    assert r["published"] + fallen_back == r["lines"]
+    assert r["took"] < 10, r["took"]  # one bounded wait, not one per line
+
+
+@needs_fork
+def test_long_lines_of_concurrent_children_arrive_whole(tmp_path: Path) -> None:
+    """Lines longer than a datagram are sent in pieces; the parent joins each
+    child's pieces, so lines of children writing at once never interleave. The
+    sending end's buffer is made small, so a child must find the datagram size
+    the system allows (it halves on EMSGSIZE)."""
+    run = run_scenario(
+        WARM_PARENT
+        + """
+        import socket
+        writer = k.thread._channel.writer
+        writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pids = []
+        for n in range(3):
+            pid = os.fork()
+            if pid == 0:
+                for i in range(5):
+                    print(f"{n}{i}" + chr(ord("a") + n) * 300_000, file=out)
+                os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        ok = k.wait_for(lambda: k.text().count("\\n") >= 16, timeout=60)
+        lines = k.text().splitlines()[1:]
+        report({
+            "ok": ok,
+            "count": len(lines),
+            "whole": sorted(
+                l[:2] for l in lines if l[2:] == chr(ord("a") + int(l[0])) * 300_000
+            ),
+        })
+        """,
+        tmp_path,
+        timeout=120,
+    )
+    r = run.result
+    assert r["ok"] and r["count"] == 15, r["count"]
+    assert r["whole"] == sorted(f"{n}{i}" for n in range(3) for i in range(5))
+
+
+@needs_fork
+def test_grandchildren_reach_the_parent_the_same_way(tmp_path: Path) -> None:
+    run = run_scenario(
+        WARM_PARENT
+        + """
+        pid = os.fork()
+        if pid == 0:
+            grandchild = os.fork()
+            if grandchild == 0:
+                print("from the grandchild", file=out)
+                os._exit(0)
+            os.waitpid(grandchild, 0)
+            print("from the child", file=out)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        ok = k.wait_for(lambda: "from the child" in k.text())
+        report({"ok": ok, "text": k.text()})
+        """,
+        tmp_path,
+    )
+    assert run.result == {
+        "ok": True,
+        "text": "warm\nfrom the grandchild\nfrom the child\n",
+    }, run.result
+
+
+@needs_fork
+def test_a_childs_threads_sending_at_once_keep_every_record_whole(tmp_path: Path) -> None:
+    """One thread of a child prints lines longer than a datagram while another
+    sends messages (display()) between their pieces: the parent joins pieces per
+    process and thread, so nothing is dropped."""
+    run = run_scenario(
+        WARM_PARENT
+        + """
+        import threading
+        pid = os.fork()
+        if pid == 0:
+            k.session.pid = os.getpid()  # (Session drops sends of another process's pid)
+            def show():
+                for i in range(50):
+                    k.session.send(k.thread, "display_data",
+                                   {"data": {"text/plain": str(i)}, "metadata": {}})
+            t = threading.Thread(target=show)
+            t.start()
+            for i in range(10):
+                print(f"{i}" + "L" * 200_000, file=out)
+            t.join()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        ok = k.wait_for(
+            lambda: k.text().count("\\n") >= 11
+            and sum(m["msg_type"] == "display_data" for m in k.messages) >= 50,
+            timeout=60,
+        )
+        lines = k.text().splitlines()[1:]
+        report({
+            "ok": ok,
+            "whole": sorted(l[0] for l in lines if l[1:] == "L" * 200_000),
+            "displays": sum(m["msg_type"] == "display_data" for m in k.messages),
+        })
+        """,
+        tmp_path,
+        timeout=120,
+    )
+    assert run.result == {"ok": True, "whole": [str(i) for i in range(10)], "displays": 50}
+
+
+@needs_fork
+def test_stop_publishes_everything_children_sent_before_it(tmp_path: Path) -> None:
+    run = run_scenario(
+        """
+        import os, threading
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        busy = threading.Event()
+        k.thread.schedule(busy.wait, 10)   # the IO thread is busy meanwhile
+        pid = os.fork()
+        if pid == 0:
+            for i in range(1000):
+                print(f"child {i}", file=out)
+            os._exit(0)
+        os.waitpid(pid, 0)   # 1000 lines wait in the channel
+        busy.set()
+        k.thread.stop()
+        k.poll(1.0)
+        report({"lines": [l for l in k.text().splitlines() if l.startswith("child")]})
+        """,
+        tmp_path,
+    )
+    assert run.result["lines"] == [f"child {i}" for i in range(1000)]
+
+
+@needs_fork
+def test_a_child_writing_after_the_parent_stopped_goes_to_its_terminal_at_once(
+    tmp_path: Path,
+) -> None:
+    """The kernel stopped its IO thread (shutting down) while a child it forked lives
+    on: the child's text goes to its own stdout with one note, without waiting
+    for a buffer nobody reads to fill."""
+    run = run_scenario(
+        """
+        import os, sys, time
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        r, w = os.pipe()
+        done_r, done_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.read(r, 1)
+            t0 = time.monotonic()
+            for i in range(2000):
+                print(f"late line {i}", file=out)
+            sys.__stdout__.flush()
+            os.write(done_w, str(time.monotonic() - t0).encode())
+            os._exit(0)
+        k.thread.stop()
+        os.write(w, b"g")
+        took = float(os.read(done_r, 100))
+        os.waitpid(pid, 0)
+        report({"took": took})
+        """,
+        tmp_path,
+    )
+    terminal = run.stdout.decode().splitlines()
+    assert len([line for line in terminal if "cannot reach its parent" in line]) == 1
+    assert [line for line in terminal if line.startswith("late")] == [
+        f"late line {i}" for i in range(2000)
+    ]
+    assert run.result["took"] < 5, run.result
+
+
+@needs_fork
+def test_a_reused_descriptor_number_never_gets_the_childs_output(tmp_path: Path) -> None:
+    """A child closes every inherited descriptor (closerange), opens its own socket,
+    which gets the channel's old number, then prints: the text must go to the
+    terminal, never into the user's socket."""
+    run = run_scenario(
+        """
+        import os, socket, sys
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        number = k.thread._channel.writer.fileno()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            keep = {1, 2, w}
+            for fd in range(3, 1024):
+                if fd not in keep:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            fillers = []
+            while True:  # take every number below the channel's old one
+                fd = os.open(os.devnull, os.O_RDONLY)
+                if fd >= number - 1:
+                    break
+                fillers.append(fd)
+            os.close(fd)
+            mine, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            got = b""
+            if number in (mine.fileno(), peer.fileno()):
+                print("hello from the child", file=out)
+                sys.__stdout__.flush()
+                for s in (mine, peer):
+                    s.setblocking(False)
+                    try:
+                        got += s.recv(100000)
+                    except BlockingIOError:
+                        pass
+                os.write(w, b"reused " + got)
+            else:
+                os.write(w, b"not reused")
+            os._exit(0)
+        os.waitpid(pid, 0)
+        os.set_blocking(r, False)
+        report({"child": os.read(r, 100000).decode(errors="replace")})
+        """,
+        tmp_path,
+    )
+    assert run.result["child"] == "reused ", run.result
+    assert "hello from the child" in run.stdout.decode()
+
+
+@needs_fork
+def test_a_childs_flushed_lines_come_before_what_the_parent_prints_after_it(
+    tmp_path: Path,
+) -> None:
+    """A worker prints, flushes and exits; the parent waits for it and prints: the
+    worker's lines are in the parent's buffer before ``flush()`` returns in the
+    worker, so they come first, every time."""
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.set_parent({"header": {"msg_id": "cell"}})
+        for n in range(10):
+            pid = os.fork()
+            if pid == 0:
+                for i in range(500):
+                    print(f"worker {n} {i}", file=out)
+                out.flush()
+                os._exit(0)
+            os.waitpid(pid, 0)
+            print(f"done {n}", file=out)
+        out.flush()
+        ok = k.wait_for(lambda: "done 9" in k.text())
+        report({"ok": ok, "lines": k.text().splitlines()})
+        """,
+        tmp_path,
+    )
+    expected = [
+        line for n in range(10) for line in [*(f"worker {n} {i}" for i in range(500)), f"done {n}"]
+    ]
+    assert run.result["ok"] and run.result["lines"] == expected

@@ -167,8 +167,3 @@ def test_outstream_talks_to_its_thread_only_through_the_protocol() -> None:
         ):
             found.append(f"{node.lineno}: io_loop.call_later")
     assert found == []
-
-
-def test_no_module_is_over_400_lines() -> None:
-    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in SRC.glob("*.py")}
-    assert {name: n for name, n in sizes.items() if n > 400} == {}

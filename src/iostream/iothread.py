@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 import weakref
 from binascii import b2a_hex
 from collections import deque
@@ -37,12 +36,12 @@ from typing import Any
 import zmq
 from tornado.ioloop import IOLoop
 
-from . import forksafety
+from . import forksafety, platform
 from .background_socket import BackgroundSocket
+from .childchannel import ChildChannel, TextHandler
 from .childlink import CHILD, MASTER, ChildLink
 from .completion import Completion
 from .sending import Sending, _socket_type, add_reader, send_frames
-from .subprocess_pipe import PipeClient, PipeServer, TextHandler
 
 __all__ = ["CHILD", "MASTER", "PIPE_BUFFER_SIZE", "IOPubThread", "send_frames"]
 
@@ -60,6 +59,7 @@ Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 class _State(Enum):
     NEW = "new"  # not started: calls run inline
+    FORKED = "forked"  # a forked child: calls run inline, no thread is ever started
     RUNNING = "running"  # calls are queued for the IO thread
     STOPPING = "stopping"  # still queued; the thread drains, then stops
     STOPPED = "stopped"  # calls run inline
@@ -86,13 +86,14 @@ class IOPubThread(Sending, ChildLink):
         self.background_socket = BackgroundSocket(self)
         self._master_pid = os.getpid()  # (ipykernel's attribute; forksafety detects forks)
         self._forked = False  # this is a forked child of the process that made it
-        self._pipe_flag = bool(pipe)
+        # (Without fork there are no forked children to pipe.)
+        self._pipe_flag = bool(pipe) and platform.CAN_FORK
         self._events: deque[Event] = deque()
         self._stop_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._stopped_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._warned_no_socket = False
-        self._pipe_server: PipeServer | None = None
-        self._pipe_client: PipeClient | None = None
+        # The channel from forked children (made by start() with pipe=True).
+        self._channel: ChildChannel | None = None
         self._child_text_handler: TextHandler | None = None
         self._child_text_publish: Callable[[], None] | None = None
         self._is_xpub = _socket_type(socket) == zmq.XPUB
@@ -101,22 +102,8 @@ class IOPubThread(Sending, ChildLink):
             # Without VERBOSE, XPUB passes up only the first subscription to a
             # topic, and later subscribers would never get their welcome.
             socket.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self._init_process_state()
-        # (endpoint, key) of the parent's pipe, inherited by forked children.
-        self._parent_pipe: tuple[str, bytes] | None = None
-        self._child_needs_thread = False
-        if pipe:
-            self._pipe_server = PipeServer(self._context)
-            self._parent_pipe = (self._pipe_server.endpoint, self._pipe_server.key)
-        forksafety.register(self)
-
-    def _init_process_state(self) -> None:
-        """Create the locks, wake pipe, loop and thread of the current process."""
-        self._lock = threading.Lock()
-        self._child_start_lock = threading.Lock()
-        self._inline_lock = threading.RLock()
+        self._init_locks()
         self._state = _State.NEW
-        self._wake_pending = False
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._context.setsockopt(zmq.LINGER, 0)
         address = "inproc://iostream-" + b2a_hex(os.urandom(8)).decode()
@@ -129,6 +116,24 @@ class IOPubThread(Sending, ChildLink):
         self.thread = threading.Thread(target=self._io_main, name="IOPub", daemon=True)
         self.thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
         self.thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+        forksafety.register(self)
+
+    def _init_locks(self) -> None:
+        self._lock = threading.Lock()
+        self._inline_lock = threading.RLock()
+        self._wake_pending = False
+
+    def _after_fork_in_child(self) -> None:
+        """(forksafety) Renew the locks and run calls inline from now on.
+
+        Plain Python state only: a forked child never touches the parent's ZeroMQ
+        context, sockets, loop or thread, nor makes its own; its output goes to
+        the parent through the inherited channel (:mod:`iostream.childchannel`).
+        """
+        self._forked = True
+        self._events = deque()
+        self._init_locks()
+        self._state = _State.FORKED
 
     # -- compatibility names -------------------------------------------------
 
@@ -172,6 +177,11 @@ class IOPubThread(Sending, ChildLink):
         with self._lock:
             if self._state is not _State.NEW:
                 return
+            if self._pipe_flag:
+                try:
+                    self._channel = ChildChannel()
+                except OSError as error:  # (out of descriptors): no child output
+                    logger.error("iostream: no channel for forked children: %s", error)
             self._state = _State.RUNNING
             self._wake_pending = bool(self._events)
         self.thread.start()
@@ -186,12 +196,14 @@ class IOPubThread(Sending, ChildLink):
         if self._on_io_thread():
             raise RuntimeError("IOPubThread.stop() cannot be called from the IO thread")
         with self._lock:
-            if self._state is _State.NEW:
+            if self._state is _State.NEW or self._state is _State.FORKED:
                 self._state = _State.STOPPED
             if self._state is not _State.RUNNING:
                 running = False
             else:
                 running = True
+                # What children sent before the stop is published with the rest.
+                self._events.append((self._io_read_all_children, (), {}))
                 self._events.append((self._run_callbacks, (self._stop_callbacks,), {}))
                 self._state = _State.STOPPING
                 self._wake_locked()
@@ -203,6 +215,8 @@ class IOPubThread(Sending, ChildLink):
                 return
         elif self._state is _State.STOPPED:
             self._run_callbacks(self._stop_callbacks)
+            # (A forked child at exit: its text is in the parent's hands first.)
+            self.wait_delivered(self.stop_timeout)
         self._close_pipes()
         self._run_callbacks(self._stopped_callbacks)
 
@@ -225,7 +239,8 @@ class IOPubThread(Sending, ChildLink):
 
     def _close_socket(self) -> None:
         socket, self.socket = self.socket, None
-        if socket is not None and hasattr(socket, "close"):
+        # (A forked child's copy is the parent's: closing it would use libzmq here.)
+        if socket is not None and hasattr(socket, "close") and not self._forked:
             socket.close()
 
     def add_stop_callback(self, callback: Callable[[], None]) -> None:
@@ -272,8 +287,6 @@ class IOPubThread(Sending, ChildLink):
         self._enqueue((f, args, kwargs))
 
     def _enqueue(self, event: Event) -> None:
-        if self._child_needs_thread:
-            self._start_child_thread()
         with self._lock:
             if self._state is _State.RUNNING or self._state is _State.STOPPING:
                 self._events.append(event)
@@ -292,10 +305,11 @@ class IOPubThread(Sending, ChildLink):
         """
         if self._on_io_thread():
             return not self._events
-        deadline = time.monotonic() + timeout
+        if self._forked:
+            return self.wait_delivered(timeout)  # (calls ran inline already)
         done = Completion()
         self.schedule(done.set)
-        return done.wait(timeout) and self.wait_delivered(deadline - time.monotonic())
+        return done.wait(timeout)
 
     # -- internals: any thread -------------------------------------------------
 
@@ -330,17 +344,15 @@ class IOPubThread(Sending, ChildLink):
                 self._call(callback, (), {})
 
     def _close_pipes(self) -> None:
-        """Close what this object created. Called once the thread is gone."""
+        """Close what this object created. Called once the thread is gone; never
+        in a forked child, whose copies are the parent's."""
+        if self._forked:
+            return
         with self._lock:
-            sockets = [self.pipe_out, self.pipe_in]
-            for sock in sockets:
+            for sock in (self.pipe_out, self.pipe_in):
                 sock.close(linger=0)
-            if self._pipe_server is not None:
-                self._pipe_server.close()
-                self._pipe_server = None
-            if self._pipe_client is not None:
-                self._pipe_client.close()
-                self._pipe_client = None
+            if self._channel is not None:
+                self._channel.close()
         with contextlib.suppress(zmq.ZMQError):
             self._context.term()
 
@@ -357,14 +369,9 @@ class IOPubThread(Sending, ChildLink):
 
     def _io_setup(self) -> None:
         add_reader(self.io_loop, self.pipe_in, lambda _frames: None, after=self._io_run_pending)
-        if self._pipe_server is not None:
-            server = self._pipe_server
-            add_reader(
-                self.io_loop,
-                server.socket,
-                lambda frames: server.handle(
-                    frames, self._really_send, self._child_text_handler, self._child_text_publish
-                ),
+        if self._channel is not None:
+            self.io_loop.add_handler(
+                self._channel.reader.fileno(), self._io_read_children, IOLoop.READ
             )
         if self._is_xpub and not self._forked:
             self.io_loop.add_handler(self.socket, self._io_on_socket_event, IOLoop.READ)
@@ -372,10 +379,11 @@ class IOPubThread(Sending, ChildLink):
         self._io_run_pending()
 
     def _io_teardown(self) -> None:
-        for sock in (self.pipe_in, self._pipe_server.socket if self._pipe_server else None):
-            if sock is not None:
-                with contextlib.suppress(Exception):
-                    self.io_loop.remove_handler(sock)
+        with contextlib.suppress(Exception):
+            self.io_loop.remove_handler(self.pipe_in)
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                self.io_loop.remove_handler(self._channel.reader.fileno())
         if self._is_xpub and self.socket is not None:
             with contextlib.suppress(Exception):
                 self.io_loop.remove_handler(self.socket)
@@ -397,3 +405,19 @@ class IOPubThread(Sending, ChildLink):
                 f, args, kwargs = self._events.popleft()
             self._call(f, args, kwargs)
         self.io_loop.add_callback(self._io_run_pending)  # the rest in the next pass
+
+    def _io_read_children(self, _fd: Any = None, _events: int = 0) -> None:
+        """Hand what forked children sent to the streams (text) or the socket."""
+        if self._channel is not None:
+            self._channel.read(self._child_text_handler, self._io_forward_child_message)
+
+    def _io_read_all_children(self) -> None:
+        """Hand on everything forked children sent so far (the thread is stopping)."""
+        if self._channel is not None:
+            self._channel.read(self._child_text_handler, self._io_forward_child_message, None)
+
+    def _io_forward_child_message(self, frames: list[bytes]) -> None:
+        """Publish a child's message, after the text the child wrote before it."""
+        if self._child_text_publish is not None:
+            self._child_text_publish()
+        self._send_on_socket(frames)

@@ -28,9 +28,8 @@ The lock order (a thread holding one may take only those after it):
 
 1. the thread's ``_inline_lock`` (a call run inline, without a running thread);
 2. the group's ``publish_lock`` (take and publish, in order);
-3. the group's ``lock`` (the buffer, ``incoming`` and ``flow``); the thread's
-   ``_child_start_lock`` (a forked child connecting to its parent);
-4. the thread's ``_lock`` (its queue and state), a pipe client's lock, a
+3. the group's ``lock`` (the buffer, ``incoming`` and ``flow``);
+4. the thread's ``_lock`` (its queue and state), a child channel's send lock, a
    ``Completion``: leaves, under which nothing else is taken.
 
 (``_groups_lock`` is taken alone, when a stream is made.)
@@ -294,7 +293,7 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
         ):
             print("IOStream.flush timed out", file=sys.__stderr__)
         if self._in_piping_child():
-            self._flush()  # hands the text over on this thread, then waits for the ack
+            self._flush()  # hands the text to the parent's channel, on this thread
             if thread is not None and not thread.wait_delivered(max(0.0, deadline - _monotonic())):
                 print("IOStream.flush timed out", file=sys.__stderr__)
             return
@@ -304,10 +303,7 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
         done = Completion()
         thread.schedule(self._flush)
         thread.schedule(done.set)
-        delivered = done.wait(max(0.0, deadline - _monotonic()))
-        if delivered:
-            delivered = thread.wait_delivered(deadline - _monotonic())
-        if not delivered:
+        if not done.wait(max(0.0, deadline - _monotonic())):
             print("IOStream.flush timed out", file=sys.__stderr__)
 
     def close(self) -> None:

@@ -6,9 +6,8 @@ these names instead of ``sys.platform``:
 * :data:`CAN_CAPTURE_FDS`: file descriptors 1 and 2 can be redirected into a pipe
   read by a thread (``select.poll`` on pipes; Linux and macOS);
 * :data:`CAN_ENLARGE_PIPE`: a pipe can be enlarged with ``F_SETPIPE_SZ`` (Linux);
-* :data:`PIPE_TRANSPORT`: how forked children reach the parent, ``"ipc"`` (a
-  private directory) or ``"tcp"`` (loopback with a random key; Windows, which has
-  no ``ipc://``).
+* :data:`CAN_FORK`: processes can fork (not Windows), so forked children may
+  write to the streams they inherit.
 
 Testing aid: the environment variable ``IOSTREAM_PLATFORM`` (``win32``,
 ``darwin`` or ``linux``), read when this module is first imported, makes these
@@ -27,13 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Final, Literal
+from typing import Final
 
 __all__ = [
     "CAN_CAPTURE_FDS",
     "CAN_ENLARGE_PIPE",
+    "CAN_FORK",
     "FORCED",
-    "PIPE_TRANSPORT",
     "PLATFORM",
     "decide",
 ]
@@ -42,8 +41,6 @@ __all__ = [
 ENV_VAR: Final = "IOSTREAM_PLATFORM"
 #: The values ``IOSTREAM_PLATFORM`` accepts.
 CHOICES: Final = ("win32", "darwin", "linux")
-
-Transport = Literal["ipc", "tcp"]
 
 
 def decide(real: str, override: str | None) -> tuple[str, bool]:
@@ -76,5 +73,5 @@ FORCED: Final[bool] = _DECIDED[1]
 CAN_CAPTURE_FDS: Final[bool] = PLATFORM.startswith(("linux", "darwin"))
 #: A pipe can be enlarged with ``fcntl(F_SETPIPE_SZ)`` (Linux).
 CAN_ENLARGE_PIPE: Final[bool] = PLATFORM.startswith("linux")
-#: Transport of the forked-children pipe: loopback TCP on Windows, else ``ipc://``.
-PIPE_TRANSPORT: Final[Transport] = "tcp" if PLATFORM == "win32" else "ipc"
+#: Processes can fork (everywhere but Windows).
+CAN_FORK: Final[bool] = PLATFORM != "win32" and hasattr(os, "fork")

@@ -278,13 +278,17 @@ class Publishing:
                 logger.exception("iostream: publishing %s output failed", self.name)
 
     def _send_to_parent(self, parent: Parent, text: str) -> None:
-        """From a forked child: hand ``text`` to the parent, which publishes it."""
+        """From a forked child: hand ``text`` to the parent, which publishes it;
+        returns once the operating system holds it. If the parent does not take
+        it in time, the text goes to the original descriptor instead."""
         if not self._session_pid_set:
             self._set_session_pid()  # display() from a child must work too
         try:
             packed = self._group.pack_parent(parent)
             assert self._link is not None  # (a piping child has a thread)
-            self._link.send_child_text(self._owner, self.name, packed, text)
+            self._link.send_child_text(
+                self._owner, self.name, packed, text, self._write_to_original
+            )
         except Exception:
             logger.exception("iostream: handing %s output to the parent failed", self.name)
 

@@ -19,7 +19,7 @@ import zmq
 from tornado.ioloop import IOLoop
 
 if TYPE_CHECKING:
-    from .subprocess_pipe import PipeClient
+    from .childchannel import ChildChannel
 
 logger = logging.getLogger("iostream")
 
@@ -97,13 +97,7 @@ class Sending:
         _forked: bool
         _is_xpub: bool
         _warned_no_socket: bool
-        _child_needs_thread: bool
-        _pipe_client: PipeClient | None
-
-        @property
-        def pipes_to_parent(self) -> bool: ...
-
-        def _start_child_thread(self) -> None: ...
+        _channel: ChildChannel | None
 
         def _on_io_thread(self) -> bool: ...
 
@@ -112,18 +106,12 @@ class Sending:
     def send_multipart(self, *args: Any, **kwargs: Any) -> None:
         """Send a multipart message on the IO thread (socket-like). Any thread.
 
-        Called on the IO thread, it sends at once; so does a forked child, which
-        hands the message to its connection to the parent on the calling thread.
+        Called on the IO thread, it sends at once; a forked child hands the
+        message to the parent's channel on the calling thread.
         """
-        if self._child_needs_thread:
-            self._start_child_thread()
-        if self._forked and not self.pipes_to_parent:
-            # Dropped here, not scheduled: a scheduled call runs inline in a
-            # child (no thread), under _inline_lock, which a publisher holding
-            # its publish_lock must not take (the lock order of outstream).
-            self._warn_dropped("a forked child without pipe=True cannot reach the socket")
-            return
-        if self._on_io_thread() or self._pipe_client is not None:
+        if self._forked:
+            self._send_from_child(*args)
+        elif self._on_io_thread():
             self._really_send(*args, **kwargs)
         else:
             self.schedule(self._really_send, *args, **kwargs)
@@ -134,19 +122,18 @@ class Sending:
         Runs where :meth:`schedule` runs its calls. Never raises: a missing or
         closed socket is logged once and the message dropped.
         """
-        if not self._forked:
+        if self._forked:
+            self._send_from_child(msg)
+        else:
             self._send_on_socket(msg, *args, **kwargs)
-            return
-        if not self.pipes_to_parent:
+
+    def _send_from_child(self, msg: list[Any], *_args: Any) -> None:
+        """In a forked child: hand ``msg`` to the parent's channel (never libzmq)."""
+        channel = self._channel
+        if channel is None:
             self._warn_dropped("a forked child without pipe=True cannot reach the socket")
-            return
-        if self._pipe_client is None:
-            self._start_child_thread()  # also after stop(): messages sent at exit
-        client = self._pipe_client
-        if client is None:
-            self._warn_dropped("could not connect to the parent process")
-            return
-        client.send([bytes(part) for part in msg])
+        elif not channel.send_message([bytes(part) for part in msg]):
+            self._warn_dropped("the parent process does not take a forked child's output")
 
     def _send_on_socket(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
         socket = self.socket

@@ -81,7 +81,9 @@ class IOThread(Protocol):
         self, handler: ChildTextHandler | None, publish: Callable[[], None] | None = None
     ) -> None: ...
 
-    def send_child_text(self, owner: int, name: str, parent: bytes, text: str) -> None: ...
+    def send_child_text(
+        self, owner: int, name: str, parent: bytes, text: str, fallback: Callable[[str], None]
+    ) -> None: ...
 
     def wait_delivered(self, timeout: float) -> bool: ...
 
@@ -162,14 +164,15 @@ class StandIn:
     ) -> None:
         """Nothing: a foreign thread sends no child text."""
 
-    def send_child_text(self, owner: int, name: str, parent: bytes, text: str) -> None:
+    def send_child_text(
+        self, owner: int, name: str, parent: bytes, text: str, fallback: Callable[[str], None]
+    ) -> None:
         """Never called (``pipes_to_parent`` is False)."""
         raise RuntimeError("this thread has no link to a parent process")
 
     def wait_delivered(self, timeout: float) -> bool:
-        """The wrapped thread's ``wait_delivered`` if it has one, else True."""
-        wait = getattr(self.wrapped, "wait_delivered", None)
-        return True if wait is None else bool(wait(timeout))
+        """Always True: a foreign thread has no forked children of ours."""
+        return True
 
 
 def link(thread: Any) -> IOThread:
