@@ -130,3 +130,85 @@ def test_a_closed_descriptor_falls_back_at_once() -> None:
     channel.send_text(1, "stdout", b"{}", "still shown\n", fallback.append)
     assert fallback[1:] == ["still shown\n"] and "cannot reach" in fallback[0]
     channel.reader.close()
+
+
+class Parent:
+    """The parent's IO thread: reads the channel until stopped; ``meddle`` runs
+    after each read (to play other children's syncs)."""
+
+    def __init__(self, channel: ChildChannel, meddle: Any = None) -> None:
+        self.channel = channel
+        self.got = Collected()
+        self.meddle = meddle
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            select.select([self.channel.reader], [], [], 0.01)
+            read_all(self.channel, self.got)
+            if self.meddle is not None:
+                self.meddle(self.channel)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(10)
+
+
+def test_sync_returns_once_the_parent_has_handled_the_text() -> None:
+    channel = ChildChannel()
+    assert channel.sync(0.1)  # nothing sent: nothing to wait for
+    parent = Parent(channel)
+    channel.send_text(1, "stdout", b"{}", "handled?\n", [].append)
+    assert channel.sync(10)
+    assert parent.got.texts == [(1, "stdout", {}, "handled?\n")]
+    parent.stop()
+    channel.close()
+
+
+def test_sync_sends_again_when_another_childs_sync_took_its_slot() -> None:
+    """Other children's syncs may overwrite our slot before we look at it: the
+    child sends a fresh token after a while, and returns well before its bound."""
+    channel = ChildChannel()
+    taken = {"done": False}
+
+    def overwrite_once(ch: ChildChannel) -> None:
+        if not taken["done"] and any(ch._acks[i] for i in range(64)):
+            taken["done"] = True
+            for i in range(64):
+                ch._acks[i] = 2  # (even: never a token)
+
+    parent = Parent(channel, overwrite_once)
+    channel.send_text(1, "stdout", b"{}", "x\n", [].append)
+    t0 = time.monotonic()
+    assert channel.sync(10)
+    assert taken["done"] and time.monotonic() - t0 < 2
+    parent.stop()
+    channel.close()
+
+
+def test_a_parent_that_does_not_answer_costs_one_bounded_wait_then_short_ones() -> None:
+    channel = ChildChannel()
+    channel.send_text(1, "stdout", b"{}", "x\n", [].append)
+    t0 = time.monotonic()
+    assert not channel.sync(0.3)
+    assert 0.3 <= time.monotonic() - t0 < 2
+    channel.send_text(1, "stdout", b"{}", "y\n", [].append)
+    t0 = time.monotonic()
+    assert not channel.sync(10)
+    assert time.monotonic() - t0 < 1  # 0.1 s until the parent answers again
+    channel.close()
+
+
+def test_once_the_parent_stops_reading_children_fall_back_at_once() -> None:
+    channel = ChildChannel()
+    channel.send_text(1, "stdout", b"{}", "before\n", [].append)
+    channel.stop_reading()
+    t0 = time.monotonic()
+    assert channel.sync(10)  # nothing more to wait for: the text is gone to the fallback
+    fallback: list[str] = []
+    channel.send_text(1, "stdout", b"{}", "after\n", fallback.append)
+    assert time.monotonic() - t0 < 1
+    assert len(fallback) == 2 and fallback[1] == "after\n"
+    channel.close()

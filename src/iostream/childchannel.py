@@ -77,6 +77,8 @@ READ_BATCH = 256
 #: Slots of the shared map the parent writes sync tokens into. A child whose slot
 #: is overwritten before it looks (more syncs than slots at once) waits its bound.
 ACK_SLOTS = 64
+#: The value of the word after the slots once the parent reads no more.
+CLOSED = 1
 
 #: Called on the parent's IO thread with ``(owner, name, parent, text)`` of a TEXT record.
 TextHandler = Callable[[int, str, dict[str, Any], str], None]
@@ -113,9 +115,12 @@ class ChildChannel:
             self.reader.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
         )
         self._record_bytes = max(MIN_RECORD_BYTES, min(RECORD_BYTES, smallest // 2))
-        self._acks_map = mmap.mmap(-1, ACK_SLOTS * 8)  # shared with forked children
+        # Shared with forked children: ACK_SLOTS slots, then the CLOSED word.
+        self._acks_map = mmap.mmap(-1, (ACK_SLOTS + 1) * 8)
         self._acks = memoryview(self._acks_map).cast("Q")
         self._failed = False  # this process gave up on the channel
+        self._unsynced = False  # sent something no sync has covered yet
+        self._unanswered = False  # the latest sync timed out: the parent may be gone
         self._noted = False  # and said so
         # A forked child closes its copy of the reader when it first sends.
         self._reader_to_close = False
@@ -170,23 +175,53 @@ class ChildChannel:
     def sync(self, timeout: float) -> bool:
         """Wait until the parent has handled everything this process sent so far.
 
-        Returns whether it has within ``timeout`` seconds (False at once if the
-        channel is unusable). Any thread of a forked child.
+        Returns whether it has within ``timeout`` seconds. True at once if
+        nothing was sent since the last sync, or if the channel failed (the text
+        went to the fallback). After a sync that timed out, the next ones wait
+        0.1 s at most until the parent answers again, so a child whose parent is
+        gone does not stall at every flush. Any thread of a forked child.
         """
-        token = _TOKEN.unpack(os.urandom(8))[0] | 1  # (0 is an empty slot)
-        if not self._send_record(SYNC, _TOKEN.pack(token)):
-            return False
+        if self._failed or not self._unsynced:
+            return True
+        if self._unanswered:
+            timeout = min(timeout, 0.1)
         deadline = time.monotonic() + timeout
-        pause = 0.0002
-        while self._acks[token % ACK_SLOTS] != token:
-            if time.monotonic() >= deadline:
+        resend_at = 0.0
+        wait = 0.05
+        token = 0
+        while True:
+            now = time.monotonic()
+            if now >= resend_at:
+                # A fresh token now and then: another child's sync may have taken
+                # the slot before we looked (and an ack means everything before it,
+                # ours included, is handled).
+                token = _TOKEN.unpack(os.urandom(8))[0] | 1  # (0: an empty slot)
+                self._unsynced = False  # (text sent from now on needs another sync)
+                if not self._send_record(SYNC, _TOKEN.pack(token)):
+                    return True  # failed: the fallback has the text
+                resend_at, wait = now + wait, min(wait * 2, 1.0)
+            if self._acks[token % ACK_SLOTS] == token:
+                self._unanswered = False
+                return True
+            if self._acks[ACK_SLOTS] == CLOSED:
+                self._give_up("the parent stopped reading")
+                return True
+            if now >= deadline:
+                self._unanswered = True
+                self._unsynced = True
                 return False
-            time.sleep(pause)
-            pause = min(pause * 2, 0.01)
-        return True
+            time.sleep(0.0005)
+
+    def _give_up(self, why: str) -> None:
+        if not self._failed:
+            self._failed = True
+            logger.warning("iostream: a forked child cannot reach its parent: %s", why)
 
     def _send_record(self, kind: bytes, body: bytes) -> bool:
         if self._failed:
+            return False
+        if self._acks[ACK_SLOTS] == CLOSED:
+            self._give_up("the parent stopped reading")
             return False
         if self._reader_to_close:
             # Once the parent has closed its reader, a send from a child that holds
@@ -201,6 +236,8 @@ class ChildChannel:
                 if _identity(self.writer) != self._identity[1]:
                     raise OSError(errno.EBADF, "the channel's descriptor was closed")
                 self._send_pieces(kind, body)
+                if kind != SYNC:
+                    self._unsynced = True
                 return True
             except OSError as error:
                 if error.errno == errno.EMSGSIZE and self._record_bytes > MIN_RECORD_BYTES:
@@ -208,8 +245,7 @@ class ChildChannel:
                     # smaller (its FIRST piece makes the parent drop what it had).
                     self._record_bytes //= 2
                     continue
-                self._failed = True
-                logger.warning("iostream: a forked child cannot reach its parent: %s", error)
+                self._give_up(str(error))
                 return False
 
     def _send_pieces(self, kind: bytes, body: bytes) -> None:
@@ -310,8 +346,14 @@ class ChildChannel:
         else:
             raise ValueError(f"unknown record kind {kind!r}")
 
+    def stop_reading(self) -> None:
+        """Tell children the parent reads no more: their sends and syncs fail at
+        once (to their fallback) instead of waiting. Parent, any thread."""
+        self._acks[ACK_SLOTS] = CLOSED
+
     def close(self) -> None:
-        """Close this process's ends. Idempotent."""
+        """Close this process's ends (after :meth:`stop_reading`). Idempotent."""
+        self.stop_reading()
         self.reader.close()
         self.writer.close()
 

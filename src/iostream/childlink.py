@@ -71,7 +71,8 @@ class ChildLink:
         """In a forked child, wait until the parent has handled everything this
         process sent so far; return whether it has within ``timeout`` seconds.
 
-        True at once in the parent, or in a child that sent nothing. Any thread.
+        True at once in the parent, in a child that sent nothing since, or once
+        the channel failed (the text went to the terminal). Any thread.
         """
         channel = self._channel
         if not self._forked or channel is None:

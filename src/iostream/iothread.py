@@ -215,8 +215,9 @@ class IOPubThread(Sending, ChildLink):
                 return
         elif self._state is _State.STOPPED:
             self._run_callbacks(self._stop_callbacks)
-            # (A forked child at exit: its text is in the parent's hands first.)
-            self.wait_delivered(self.stop_timeout)
+            if self._forked and self._channel is not None:
+                # (A forked child at exit: its text is in the parent's hands first.)
+                self._channel.sync(self._channel.send_timeout)
         self._close_pipes()
         self._run_callbacks(self._stopped_callbacks)
 
@@ -412,8 +413,10 @@ class IOPubThread(Sending, ChildLink):
             self._channel.read(self._child_text_handler, self._io_forward_child_message)
 
     def _io_read_all_children(self) -> None:
-        """Hand on everything forked children sent so far (the thread is stopping)."""
+        """Hand on everything forked children sent so far (the thread is stopping);
+        from now on their sends fail at once, to their terminal."""
         if self._channel is not None:
+            self._channel.stop_reading()
             self._channel.read(self._child_text_handler, self._io_forward_child_message, None)
 
     def _io_forward_child_message(self, frames: list[bytes]) -> None:
