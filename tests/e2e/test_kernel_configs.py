@@ -173,7 +173,13 @@ FD_WRITES = src(
 
 FORKS = src(
     """
-    import multiprocessing, os, sys
+    import multiprocessing, os, sys, warnings
+    # Python 3.12+ warns at os.fork() in a multi-threaded process (a kernel is
+    # one) and IPython shows that DeprecationWarning in the cell's stderr: not
+    # what this cell checks.
+    warnings.filterwarnings(
+        "ignore", message="This process .* is multi-threaded, use of fork", category=DeprecationWarning
+    )
     def work(i):
         print(f"pool-out-{i}-" + "MARK")
         print(f"pool-err-{i}-" + "MARK", file=sys.stderr)
