@@ -9,6 +9,7 @@ says (they are about our thread's timing and bounds).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -292,3 +293,75 @@ def test_writes_between_explicit_flushes_wake_nobody() -> None:
         thread.stop()
         thread.close()
         context.term()
+
+
+class InterruptRightAfterAcquire:
+    """A lock that, when armed, raises KeyboardInterrupt right after it has been
+    acquired on the main thread: what CPython 3.14 builds without the fix of
+    gh-148874 do when Ctrl-C's signal lands just after a ``with`` statement's
+    ``__enter__`` (``__exit__`` is then skipped). Reproduces that case on every
+    Python, whatever its timing."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.armed = False
+        self.fired = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self.lock.acquire(blocking, timeout)
+        if got and self.armed and threading.current_thread() is threading.main_thread():
+            self.armed = False
+            self.fired += 1
+            raise KeyboardInterrupt
+        return got
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_an_interrupt_right_after_a_lock_is_taken_never_leaves_it_held(
+    ours: Kernelish,
+) -> None:
+    """The IO thread's queue lock and the stream group's lock, each interrupted
+    right after it is taken on the main thread (a write's slow path, a flush,
+    ``set_parent``): nothing may stay locked, so output goes on. Before, the
+    3.14 interrupt test hung for good at ``with self._lock`` in ``_enqueue``."""
+    stream = ours.stream()
+    stream.write("warm\n")
+    stream.flush()
+    _asleep(ours)
+    queue_lock, group_lock = InterruptRightAfterAcquire(), InterruptRightAfterAcquire()
+    ours.thread._lock = queue_lock  # (the IO thread is idle: nothing holds the old ones)
+    stream._group.lock = group_lock
+    def new_parent(msg_id: str) -> None:
+        stream.set_parent({"header": {"msg_id": msg_id}})
+
+    def nothing() -> None:
+        pass
+
+    steps = [  # (the lock, what comes first, the step it is armed for)
+        (queue_lock, nothing, lambda: ours.thread.schedule(nothing)),
+        (group_lock, nothing, lambda: new_parent("second")),
+        # (a new parent ends the fast path's licence: the next write takes the lock)
+        (group_lock, lambda: new_parent("third"), lambda: stream.write("after\n")),
+        (queue_lock, nothing, stream.flush),
+    ]
+    for lock, before, step in steps:
+        before()
+        lock.armed = True
+        with contextlib.suppress(KeyboardInterrupt):
+            step()
+        assert not lock.armed, f"step {steps.index((lock, before, step))} never took the lock"
+        assert ours.thread.flush(5), "the IO thread is stuck on a lock left held"
+    stream.write("still alive\n")
+    stream.flush()
+    ours.receiver.wait_for_text("warm\nstill alive\n")
+    assert queue_lock.fired == 2 and group_lock.fired == 2
+    assert ours.receiver.text().startswith("warm\n")
+    assert ours.receiver.text().endswith("still alive\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -232,7 +233,15 @@ def test_flood_is_split_and_memory_stays_bounded(tmp_path: Path) -> None:
     r = run.result
     assert r["total"] == 50 * 1024 * 1024
     assert r["largest"] <= 1 << 20
-    assert r["maxrss_mb"] < 400, r
+    assert r["maxrss_mb"] < PEAK_RSS_LIMIT_MB, r
+
+
+#: Peak RSS of the flood scenario (50 MiB written, receiver in the same process).
+#: Measured on this 2-core machine: about 87 MB on regular builds alone; on
+#: free-threaded 3.13t, 125-270 MB alone and 406-422 MB while the rest of the
+#: suite runs beside it (its allocator, mimalloc, keeps freed pages per thread).
+#: Each limit keeps a margin over its build's measurements.
+PEAK_RSS_LIMIT_MB = 600 if not getattr(sys, "_is_gil_enabled", lambda: True)() else 400
 
 
 @pytest.mark.skipif(

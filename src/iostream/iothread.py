@@ -41,6 +41,7 @@ from .background_socket import BackgroundSocket
 from .childchannel import ChildChannel, TextHandler
 from .childlink import CHILD, MASTER, ChildLink
 from .completion import Completion
+from .locking import locked, new_lock
 from .sending import Sending, _socket_type, add_reader, send_frames
 
 __all__ = ["CHILD", "MASTER", "PIPE_BUFFER_SIZE", "IOPubThread", "send_frames"]
@@ -119,7 +120,8 @@ class IOPubThread(Sending, ChildLink):
         forksafety.register(self)
 
     def _init_locks(self) -> None:
-        self._lock = threading.Lock()
+        # (Taken on interruptible threads through locking.locked: see there.)
+        self._lock = new_lock()
         self._inline_lock = threading.RLock()
         self._wake_pending = False
 
@@ -288,12 +290,8 @@ class IOPubThread(Sending, ChildLink):
         self._enqueue((f, args, kwargs))
 
     def _enqueue(self, event: Event) -> None:
-        with self._lock:
-            if self._state is _State.RUNNING or self._state is _State.STOPPING:
-                self._events.append(event)
-                if not self._wake_pending:
-                    self._wake_locked()
-                return
+        if locked(self._lock, self._queue_if_running, event):
+            return
         f, args, kwargs = event
         with self._inline_lock:
             self._call(f, args, kwargs)
@@ -317,6 +315,15 @@ class IOPubThread(Sending, ChildLink):
     def _on_io_thread(self) -> bool:
         """:meth:`on_io_thread` (the name ipykernel-era callers may use). Any thread."""
         return threading.current_thread() is self.thread
+
+    def _queue_if_running(self, event: Event) -> bool:
+        """Queue ``event`` for the IO thread if it runs; whether it did. ``_lock`` held."""
+        if self._state is _State.RUNNING or self._state is _State.STOPPING:
+            self._events.append(event)
+            if not self._wake_pending:
+                self._wake_locked()
+            return True
+        return False
 
     def _wake_locked(self) -> None:
         """Wake the IO thread. Caller holds ``_lock`` (which serialises pipe_out).

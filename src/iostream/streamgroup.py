@@ -21,6 +21,7 @@ from jupyter_client.jsonutil import json_default
 from . import forksafety
 from .core import Chunk, OutputBuffer, Parent, parent_key
 from .flushstate import Event, FlushState
+from .locking import locked, new_lock
 
 logger = logging.getLogger("iostream")
 
@@ -54,7 +55,8 @@ class _StreamGroup:
         forksafety.register(self)
 
     def _renew(self) -> None:
-        self.lock = threading.Lock()
+        # (Taken on interruptible threads through locking.locked: see there.)
+        self.lock = new_lock()
         self.publish_lock = threading.RLock()
         self.buffer = OutputBuffer()
         # Writes, flat: owner, parent, text, owner, ... (``deque.extend`` of a
@@ -92,15 +94,17 @@ class _StreamGroup:
         comes) leaves a ``hot`` licence in force, so writes after it need not
         arm again.
         """
-        with self.lock:
-            if owner is None:
-                # The licence ends (FLUSH) before incoming is emptied (see the class).
-                self.flow.handle(Event.KEEP_FLUSH if keep_licence else Event.FLUSH, now)
-            self._absorb_incoming()
-            # (A forked child hands its text to the parent, which cuts it.)
-            chunks = self.buffer.drain(owner, None if self.forked else self._message_limits())
-            if chunks:
-                self.flow.handle(Event.TOOK_TEXT, now)
+        return locked(self.lock, self._take, now, owner, keep_licence)
+
+    def _take(self, now: float, owner: int | None, keep_licence: bool) -> list[Chunk]:
+        if owner is None:
+            # The licence ends (FLUSH) before incoming is emptied (see the class).
+            self.flow.handle(Event.KEEP_FLUSH if keep_licence else Event.FLUSH, now)
+        self._absorb_incoming()
+        # (A forked child hands its text to the parent, which cuts it.)
+        chunks = self.buffer.drain(owner, None if self.forked else self._message_limits())
+        if chunks:
+            self.flow.handle(Event.TOOK_TEXT, now)
         return chunks
 
     def _message_limits(self) -> dict[int, int]:
@@ -127,18 +131,18 @@ class _StreamGroup:
     def promise(self, now: float, interval: float) -> int:
         """Promise a flush for text just queued unless one is; return the new
         promise's ticket, 0 if none was made. Any thread."""
-        with self.lock:
-            return self.flow.handle(Event.WRITE, now, interval=interval)
+        return locked(self.lock, self.flow.handle, Event.WRITE, now, interval=interval)
 
     def new_parent(self, parent: Parent, now: float) -> None:
         """``parent`` was set as the streams' parent: if it is another request than
         the one set before, its first text must not wait for the batching interval
         of the previous one (NEW_PARENT). Any thread."""
-        key = parent_key(parent)
-        with self.lock:
-            if key != self.latest_parent_key:
-                self.latest_parent_key = key
-                self.flow.handle(Event.NEW_PARENT, now)
+        locked(self.lock, self._new_parent, parent_key(parent), now)
+
+    def _new_parent(self, key: object, now: float) -> None:
+        if key != self.latest_parent_key:
+            self.latest_parent_key = key
+            self.flow.handle(Event.NEW_PARENT, now)
 
     def owe(self, now: float) -> None:
         """Text was put back for later: it is owed a flush. Lock held."""
@@ -146,9 +150,12 @@ class _StreamGroup:
 
     def add(self, owner: int, parent: Parent, text: str) -> None:
         """Queue ``text`` in write order. Any thread."""
-        with self.lock:
-            self.incoming.extend((owner, parent, text))
-            self.incoming_chars += len(text)
+        locked(self.lock, self.add_locked, owner, parent, text)
+
+    def add_locked(self, owner: int, parent: Parent, text: str) -> None:
+        """:meth:`add`, ``lock`` held."""
+        self.incoming.extend((owner, parent, text))
+        self.incoming_chars += len(text)
 
     def add_lines(self, owner: int, parent: Parent, text: str) -> None:
         """Queue lines a forked child wrote to ``owner``'s stream, ahead of an
@@ -173,18 +180,19 @@ class _StreamGroup:
         """Put taken but unpublished chunks back ahead of everything pending (they
         were written first). ``owed_at``: the time to note that the text is owed
         a flush (:meth:`owe`), if it is. Any thread."""
-        with self.lock:
-            self._absorb_incoming()
-            pending = self.buffer.drain()
-            for chunk in (*chunks, *pending):
-                self.buffer.append(chunk.owner, chunk.parent, chunk.text)
-            if owed_at is not None:
-                self.owe(owed_at)
+        locked(self.lock, self._requeue, chunks, owed_at)
+
+    def _requeue(self, chunks: list[Chunk], owed_at: float | None) -> None:
+        self._absorb_incoming()
+        pending = self.buffer.drain()
+        for chunk in (*chunks, *pending):
+            self.buffer.append(chunk.owner, chunk.parent, chunk.text)
+        if owed_at is not None:
+            self.owe(owed_at)
 
     def mark_hot(self, now: float, ticket: int) -> None:
         """The timer of promise ``ticket`` is scheduled: license the fast path. Any thread."""
-        with self.lock:
-            self.flow.handle(Event.TIMER_SET, now, ticket=ticket)
+        locked(self.lock, self.flow.handle, Event.TIMER_SET, now, ticket=ticket)
 
     def pack_parent(self, parent: Parent) -> bytes:
         """``parent`` as JSON, cached for the latest parent. Publishing thread."""

@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from typing import Protocol
 
 from .core import Parent
+from .locking import locked
 from .streamgroup import _StreamGroup
 
 _get_ident = threading.get_ident
@@ -109,6 +110,14 @@ class _FastWriter:
                 return size
         return self.stream._write_checked(string)
 
+    def _append_if_licensed(self, group: _StreamGroup, parent: Parent, string: str) -> int | None:
+        """Queue ``string`` if the fast path is licensed; the characters then
+        queued, or None. The group's lock held."""
+        if not group.flow.licensed:
+            return None
+        group.add_locked(self.owner, parent, string)
+        return group.incoming_chars
+
     def write_locked(self, string: str) -> int:
         """:meth:`write` with the group's lock around the licence check and the
         append: nothing rests on the GIL. Any thread."""
@@ -125,16 +134,9 @@ class _FastWriter:
                         if self.thread_headers
                         else self.parent_global
                     )
-                size = len(string)
-                full = False
-                with group.lock:
-                    licensed = group.flow.licensed
-                    if licensed:
-                        group.incoming.extend((self.owner, parent, string))
-                        group.incoming_chars += size
-                        full = group.incoming_chars > self.limit
-                if licensed:
-                    if full:
+                queued = locked(group.lock, self._append_if_licensed, group, parent, string)
+                if queued is not None:
+                    if queued > self.limit:
                         self.stream.flush()  # bounds memory: wait for the IO thread
-                    return size
+                    return len(string)
         return self.stream._write_checked(string)

@@ -178,7 +178,9 @@ FORKS = src(
     # one) and IPython shows that DeprecationWarning in the cell's stderr: not
     # what this cell checks.
     warnings.filterwarnings(
-        "ignore", message="This process .* is multi-threaded, use of fork", category=DeprecationWarning
+        "ignore",
+        message="This process .* is multi-threaded, use of fork",
+        category=DeprecationWarning,
     )
     def work(i):
         print(f"pool-out-{i}-" + "MARK")

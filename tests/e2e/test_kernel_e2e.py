@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -501,7 +502,13 @@ def test_shutdown_with_output_pending(fresh_kernel: Kernel) -> None:
     elapsed = time.monotonic() - t0
     # it shut down by itself, with output still being written, instead of being
     # killed after the manager's grace period
-    assert proc.wait(timeout=10) == 0, k.log()
+    status = proc.wait(timeout=10)
+    if k.kind == "ipykernel" and status == -signal.SIGABRT:
+        # Stock ipykernel's libzmq sometimes aborts when the chatter thread
+        # writes while the kernel closes its sockets (seen in CI): a defect of
+        # the reference, not of the kernel under test.
+        pytest.xfail("stock ipykernel aborted at shutdown (SIGABRT)")
+    assert status == 0, k.log()
     assert elapsed < k.km.shutdown_wait_time, elapsed
     k.drain(quiet=0.2, limit=3)
     shutdown_replies = [
