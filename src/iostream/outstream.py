@@ -32,7 +32,9 @@ The lock order (a thread holding one may take only those after it):
 4. the thread's ``_lock`` (its queue and state), a child channel's send lock, a
    ``Completion``: leaves, under which nothing else is taken.
 
-(``_groups_lock`` is taken alone, when a stream is made.)
+(``_groups_lock`` is taken alone, when a stream is made.) The group's ``lock`` and
+the thread's ``_lock`` are taken on writing threads through
+:func:`iostream.locking.locked`, so no KeyboardInterrupt can leave them held.
 """
 
 from __future__ import annotations
