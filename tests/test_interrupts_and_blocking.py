@@ -357,7 +357,9 @@ def test_an_interrupt_right_after_a_lock_is_taken_never_leaves_it_held(
         lock.armed = True
         with contextlib.suppress(KeyboardInterrupt):
             step()
-        assert not lock.armed, f"step {steps.index((lock, before, step))} never took the lock"
+        number = steps.index((lock, before, step))
+        assert not lock.armed, f"step {number} never took the lock"
+        assert not lock.lock._is_owned(), f"step {number} left its lock held"
         assert ours.thread.flush(5), "the IO thread is stuck on a lock left held"
     stream.write("still alive\n")
     stream.flush()

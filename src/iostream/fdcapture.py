@@ -22,6 +22,7 @@ from typing import ClassVar
 from . import forksafety, platform
 from .completion import Completion
 from .core import Utf8Decoder
+from .locking import locked, new_lock
 
 logger = logging.getLogger("iostream")
 
@@ -69,7 +70,7 @@ class FdCapture:
         self.read_fd, write_fd = os.pipe()
         self._stop_read, self._stop_write = os.pipe()  # the control pipe
         self._waiters: list[Completion] = []
-        self._waiters_lock = threading.Lock()
+        self._waiters_lock = new_lock()
         self._busy = False  # the reader holds bytes it has not delivered yet
         self._finished = False  # the reader has ended (guarded by _waiters_lock)
         self._restored = False  # fd holds the original again (stop)
@@ -144,14 +145,21 @@ class FdCapture:
         if threading.current_thread() is self.thread or not self._has_pending():
             return True
         done = Completion()
-        with self._waiters_lock:
-            if self._finished:
-                return True
-            self._waiters.append(done)
-            # A full control pipe is full of requests: one answer serves them all.
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._stop_write, SYNC)
+        # (Through locking.locked: flush() calls this on an interruptible thread.)
+        if not locked(self._waiters_lock, self._ask_reader, done):
+            return True
         return done.wait(timeout)
+
+    def _ask_reader(self, done: Completion) -> bool:
+        """Queue ``done`` for the reader's next answer; False if the reader has
+        ended. ``_waiters_lock`` held."""
+        if self._finished:
+            return False
+        self._waiters.append(done)
+        # A full control pipe is full of requests: one answer serves them all.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._stop_write, SYNC)
+        return True
 
     def _has_pending(self) -> bool:
         """Whether bytes wait in the pipe or in the reader's hands."""

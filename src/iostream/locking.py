@@ -12,12 +12,18 @@ An interrupt before the acquire, inside it (the acquire then fails), right after
 it, or inside the function, leaves the lock free. The locks are
 ``threading.RLock`` (:func:`new_lock`), whose ``release`` raises RuntimeError
 when the caller does not hold it: that is how ``finally`` tells "acquired" from
-"interrupted inside the acquire". They are never taken twice by one thread.
+"interrupted inside the acquire". A thread may take one again while it holds it
+(a signal handler or ``__del__`` that prints in the middle of a section): an
+RLock lets it, where a plain lock would deadlock that thread; such a nested acquire
+never waits, so nothing can interrupt it, and ``finally`` releases only its own.
 
 Which locks: those a thread that can be interrupted (the main thread) takes on
-the write, flush and ``set_parent`` paths: the IO thread's queue lock and a
-stream group's lock. Sections only the IO thread runs (Python never runs a
-signal handler there) keep plain ``with``.
+the write, flush and ``set_parent`` paths of a running kernel: the IO thread's
+queue lock, a stream group's lock and fd capture's waiters lock. Sections only
+the IO thread or the fd reader runs (Python never runs a signal handler there)
+keep plain ``with``, as do rare ones (start, stop, making a stream) and the
+publish lock, which a writing thread takes only without a running IO thread or
+in a forked child.
 """
 
 from __future__ import annotations
@@ -42,12 +48,12 @@ def new_lock() -> threading.RLock:
     return threading.RLock()
 
 
-def locked(lock: Lock, f: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Return ``f(*args, **kwargs)``, run while holding ``lock``; however an
-    interrupt strikes, the lock is not left held. Any thread."""
+def locked(lock: Lock, f: Callable[..., T], *args: Any) -> T:
+    """Return ``f(*args)``, run while holding ``lock``; however an interrupt
+    strikes, the lock is not left held. Any thread."""
     try:
         lock.acquire()
-        return f(*args, **kwargs)
+        return f(*args)
     finally:
         # (Not contextlib.suppress: its __enter__ is a call, after which an
         # interrupt could strike before the release.)

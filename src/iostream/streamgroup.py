@@ -131,7 +131,10 @@ class _StreamGroup:
     def promise(self, now: float, interval: float) -> int:
         """Promise a flush for text just queued unless one is; return the new
         promise's ticket, 0 if none was made. Any thread."""
-        return locked(self.lock, self.flow.handle, Event.WRITE, now, interval=interval)
+        return locked(self.lock, self._promise, now, interval)
+
+    def _promise(self, now: float, interval: float) -> int:
+        return self.flow.handle(Event.WRITE, now, interval=interval)
 
     def new_parent(self, parent: Parent, now: float) -> None:
         """``parent`` was set as the streams' parent: if it is another request than
@@ -192,7 +195,10 @@ class _StreamGroup:
 
     def mark_hot(self, now: float, ticket: int) -> None:
         """The timer of promise ``ticket`` is scheduled: license the fast path. Any thread."""
-        locked(self.lock, self.flow.handle, Event.TIMER_SET, now, ticket=ticket)
+        locked(self.lock, self._mark_hot, now, ticket)
+
+    def _mark_hot(self, now: float, ticket: int) -> None:
+        self.flow.handle(Event.TIMER_SET, now, ticket=ticket)
 
     def pack_parent(self, parent: Parent) -> bytes:
         """``parent`` as JSON, cached for the latest parent. Publishing thread."""
