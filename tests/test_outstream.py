@@ -468,6 +468,33 @@ def test_set_parent_routes_output(kernel: Kernelish) -> None:
     assert _by_parent(kernel) == {"cell-1": "one\n", "cell-2": "two\n"}
 
 
+def test_a_cells_own_first_line_is_not_held_after_a_threads_text_was_flushed(
+    kernel: Kernelish,
+) -> None:
+    """The race seen under load in a real kernel, forced: a thread prints into the
+    new cell, its text is published at the idle delay, and only then does the
+    cell's own code (the thread that set the parent) print. Its first line must
+    not wait for the batching interval (30 s here)."""
+    out, err = kernel.stream(), kernel.stream("stderr")
+    for s in (out, err):
+        s.flush_interval = 30.0
+        s.set_parent(_msg("cell-1"))
+    out.write("the previous cell printed\n")
+    kernel.receiver.wait_for_text("the previous cell printed\n")
+    for s in (out, err):
+        s.set_parent(_msg("cell-2"))
+    chatter = threading.Thread(target=err.write, args=(".",))
+    chatter.start()
+    chatter.join()
+    kernel.receiver.wait_for_text("the previous cell printed\n.", timeout=5)
+    more = threading.Thread(target=err.write, args=(".",))  # batched: due in 30 s
+    more.start()
+    more.join()
+    out.write("first line\n")
+    kernel.receiver.wait_for(lambda _m: "first line" in kernel.receiver.text("stdout"), 5)
+    assert _by_parent(kernel)["cell-2"].endswith("first line\n")
+
+
 def test_thread_parent_and_global_fallback(kernel: Kernelish) -> None:
     stream = kernel.stream()
     stream.set_parent(_msg("global"))

@@ -71,6 +71,8 @@ class _StreamGroup:
         self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
         # The key (core.parent_key) of the parent set last with set_parent.
         self.latest_parent_key: object = None
+        # The thread that set it (the cell's own code runs there).
+        self.parent_setter: int | None = None
         self.timer: object | None = None
         self.publisher_ident: int | None = None
         # Owners whose own ``_flush`` override is running (publish_lock held):
@@ -134,17 +136,22 @@ class _StreamGroup:
         return locked(self.lock, self._promise, now, interval)
 
     def _promise(self, now: float, interval: float) -> int:
-        return self.flow.handle(Event.WRITE, now, interval=interval)
+        flow = self.flow
+        if flow.awaiting_cell_output and threading.get_ident() == self.parent_setter:
+            flow.handle(Event.CELL_OUTPUT, now)  # the cell's own first text
+        return flow.handle(Event.WRITE, now, interval=interval)
 
     def new_parent(self, parent: Parent, now: float) -> None:
         """``parent`` was set as the streams' parent: if it is another request than
         the one set before, its first text must not wait for the batching interval
-        of the previous one (NEW_PARENT). Any thread."""
-        locked(self.lock, self._new_parent, parent_key(parent), now)
+        of the previous one (NEW_PARENT), nor the first text that the calling
+        thread (the cell's own code) writes under it (CELL_OUTPUT). Any thread."""
+        locked(self.lock, self._new_parent, parent_key(parent), now, threading.get_ident())
 
-    def _new_parent(self, key: object, now: float) -> None:
+    def _new_parent(self, key: object, now: float, setter: int) -> None:
         if key != self.latest_parent_key:
             self.latest_parent_key = key
+            self.parent_setter = setter
             self.flow.handle(Event.NEW_PARENT, now)
 
     def owe(self, now: float) -> None:
