@@ -164,7 +164,7 @@ def test_demo_notebook_names_the_installed_kernelspec(tmp_path: Path) -> None:
 
 def test_notebook_kernelspec_of_a_missing_spec_says_so(tmp_path: Path) -> None:
     code = (
-        "from iostream.cli import notebook_kernelspec\n"
+        "from iostream.app.cli import notebook_kernelspec\n"
         f"print(notebook_kernelspec({unique_name()!r})[1], "
         "notebook_kernelspec('python3-iostream')[0]['display_name'])\n"
     )

@@ -1,6 +1,6 @@
 """``python -m iostream demo --compare``: stock ipykernel and iostream on the same cells.
 
-The judging is pure and is tested on hand-built recordings (what :func:`iostream.demo.
+The judging is pure and is tested on hand-built recordings (what :func:`iostream.app.demo.
 record` returns: the requests and every IOPub message). One test runs the real
 comparison: both kernels through jupyter_client, via the command line.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from iostream import cli
-from iostream.democells import DEMO_CELLS, DemoCell, render, select_cells
-from iostream.democompare import (
+from iostream.app import cli
+from iostream.app.democells import DEMO_CELLS, DemoCell, render, select_cells
+from iostream.app.democompare import (
     IMMEDIATE_MS,
     KERNELS,
     Comparison,

@@ -116,7 +116,8 @@ def _imports_of(name: str, tree: ast.Module) -> set[str]:
 def test_the_modules_import_each_other_without_a_cycle() -> None:
     graph = {path[:-3]: _imports_of(path[:-3], tree) for path, tree in _source_trees()}
     modules = set(graph)
-    assert {m for deps in graph.values() for m in deps} <= modules | {"__init__"}
+    # "app": the subpackage, which only __main__ imports (see the test below).
+    assert {m for deps in graph.values() for m in deps} <= modules | {"__init__", "app"}
     done: set[str] = set()
 
     def visit(module: str, stack: list[str]) -> None:
@@ -167,3 +168,59 @@ def test_outstream_talks_to_its_thread_only_through_the_protocol() -> None:
         ):
             found.append(f"{node.lineno}: io_loop.call_later")
     assert found == []
+
+
+def _resolved_imports(module: str, is_package: bool, tree: ast.Module) -> list[tuple[int, str]]:
+    """Every module ``module`` may import (lazily too), relative imports resolved
+    against its package: ``(line, absolute name)``."""
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            found.append((node.lineno, target))
+            found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+    return found
+
+
+def test_the_library_never_imports_the_app() -> None:
+    """``iostream.app`` (``python -m iostream``) depends on the library, never the
+    other way round: no module outside it imports it, not even lazily. Only
+    ``__main__``, which ``import iostream`` never runs, starts the app."""
+    app = SRC / "app"
+    assert (app / "__init__.py").is_file() and (app / "cli.py").is_file()
+    main = SRC / "__main__.py"
+    library = [
+        path for path in sorted(SRC.rglob("*.py")) if app not in path.parents and path != main
+    ]
+    assert SRC / "__init__.py" in library and SRC / "core.py" in library
+    found = []
+    for path in library:
+        relative = path.relative_to(SRC.parent).with_suffix("")
+        is_package = relative.name == "__init__"
+        module = ".".join(relative.parts[:-1] if is_package else relative.parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found += [
+            f"{path.relative_to(SRC)}:{line}: imports {name}"
+            for line, name in _resolved_imports(module, is_package, tree)
+            if name == "iostream.app" or name.startswith("iostream.app.")
+        ]
+    assert found == []
+    main_tree = ast.parse(main.read_text(encoding="utf-8"))
+    assert "iostream.app.cli" in {
+        name for _, name in _resolved_imports("iostream.__main__", False, main_tree)
+    }
+
+    rc, out, err = run_python(
+        "import iostream, sys\n"
+        "print(sorted(m for m in sys.modules if m.startswith('iostream.app')))\n"
+    )
+    assert rc == 0, err
+    assert out == "[]\n"

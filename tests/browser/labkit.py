@@ -115,8 +115,8 @@ def write_kernelspecs(kernels_dir: Path) -> dict[str, Path]:
 
     Guarantees:
 
-    - ``iostream``: written by :func:`iostream.kernelspec.write_kernelspec_dir`, so its
-      ``argv`` is :func:`iostream.kernelspec.kernel_argv` (``python -m iostream kernel``).
+    - ``iostream``: written by :func:`iostream.app.kernelspec.write_kernelspec_dir`, so its
+      ``argv`` is :func:`iostream.app.kernelspec.kernel_argv` (``python -m iostream kernel``).
     - ``iostream-optin``: the same, with ``--thread-inherit-context`` inserted right
       after ``kernel`` in ``argv``.
     - ``python3``: stock ipykernel, ``sys.executable -m ipykernel_launcher -f
@@ -124,7 +124,7 @@ def write_kernelspecs(kernels_dir: Path) -> dict[str, Path]:
 
     Every ``argv`` uses this interpreter (``sys.executable``).
     """
-    from iostream.kernelspec import kernel_dict, write_kernelspec_dir
+    from iostream.app.kernelspec import kernel_dict, write_kernelspec_dir
 
     kernels_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}

@@ -15,7 +15,7 @@ import ipykernel
 import pytest
 from kernel_harness import OURS_ARGV, Cell, Kernel
 
-from iostream.kernelspec import THREAD_INHERIT_CONTEXT
+from iostream.app.kernelspec import THREAD_INHERIT_CONTEXT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

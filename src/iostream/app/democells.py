@@ -30,7 +30,7 @@ class DemoCell:
     every stream line the frontend shows, in write order (any order if not
     ``ordered``), displays at their place among them; without ``lines`` it checks
     the substrings only. ``immediate`` cells are also timed (see
-    :mod:`iostream.democompare`).
+    :mod:`iostream.app.democompare`).
     """
 
     title: str

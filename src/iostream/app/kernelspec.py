@@ -1,6 +1,6 @@
 """Jupyter kernelspecs that launch an IPython kernel on iostream (``install``/``uninstall``).
 
-The application layer, as :mod:`iostream.cli`; nothing in the library imports it.
+The application layer, as :mod:`iostream.app.cli`; nothing in the library imports it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Starts such a kernel (no installed kernelspec needed, :class:`DemoKernel`), runs
 :data:`DEMO_CELLS` and prints what a frontend receives and when; :func:`record` keeps
 every IOPub message, for ``demo --compare``. The application layer, as
-:mod:`iostream.cli`; nothing in the library imports it.
+:mod:`iostream.app.cli`; nothing in the library imports it.
 """
 
 from __future__ import annotations

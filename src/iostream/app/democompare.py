@@ -3,12 +3,12 @@
 Both kernels run the same cells through jupyter_client, one after the other, the way
 nbclient runs a notebook: a cell is sent once the previous one has its execute_reply
 and its idle status. Every IOPub message is recorded with its arrival time
-(:func:`iostream.demo.record`). Then pure functions judge what a frontend shows for
+(:func:`iostream.app.demo.record`). Then pure functions judge what a frontend shows for
 each cell against the cell's expectation (:func:`check_cell`) and list how the
 kernels differ (:func:`differences`).
 
 Verdicts. A kernel's verdict for a cell is ``ok`` only when it met the cell's
-expectation (:class:`iostream.democells.DemoCell`): every expected line under the
+expectation (:class:`iostream.app.democells.DemoCell`): every expected line under the
 cell's own execute_request (its parent msg_id) and before the cell's idle status
 (nbclient stops listening at idle), nothing else on its streams, lines in write order,
 no line glued to another, status ``ok``. Stock is judged exactly as iostream is, so a
@@ -346,12 +346,13 @@ def run_compare(
     """Run ``cells`` on stock ipykernel, then on iostream, and report how they differ.
 
     Guarantees: each kernel is started from a temporary kernelspec (see
-    :class:`iostream.demo.DemoKernel`), runs the cells through :func:`iostream.demo.record`, and is
-    shut down before the next starts; every wait is bounded (startup by ``timeout``,
-    each cell by ``timeout``, the end by ``settle``). Prints :func:`format_report` via
-    ``out``; with ``json_path`` also writes the comparison with the raw recordings
-    there. A kernel's own terminal output is printed when it did not start or with
-    ``verbose``. Returns the comparison; its ``exit_status`` is :func:`exit_status`.
+    :class:`iostream.app.demo.DemoKernel`), runs the cells through
+    :func:`iostream.app.demo.record`, and is shut down before the next starts; every
+    wait is bounded (startup by ``timeout``, each cell by ``timeout``, the end by
+    ``settle``). Prints :func:`format_report` via ``out``; with ``json_path`` also
+    writes the comparison with the raw recordings there. A kernel's own terminal
+    output is printed when it did not start or with ``verbose``. Returns the
+    comparison; its ``exit_status`` is :func:`exit_status`.
     """
     numbers = [DEMO_CELLS.index(c) + 1 if c in DEMO_CELLS else 0 for c in cells]
     numbers = [n or k + 1 for k, n in enumerate(numbers)]

@@ -16,7 +16,7 @@ Subcommands:
     Start such a kernel (no installed kernelspec needed), run a built-in notebook that
     uses every output path, and print what a frontend receives and when. With
     ``--compare``, run the same cells on stock ipykernel too and report every
-    difference (:mod:`iostream.democompare`).
+    difference (:mod:`iostream.app.democompare`).
 
 This module is the application layer: it may import :mod:`iostream.integration`,
 ipykernel and jupyter_client; nothing in the library imports it.
