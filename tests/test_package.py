@@ -50,11 +50,21 @@ def test_install_is_exported_and_swaps_ipykernel_iostream() -> None:
     assert out == "True True\n"
 
 
+def _module_name(path: Path) -> str:
+    """The dotted name of the module at ``path`` (a package's is its own)."""
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _source_trees() -> list[tuple[str, ast.Module]]:
+    """Every module of the package, subpackages included: (dotted name, tree)."""
     return [
-        (path.name, ast.parse(path.read_text(encoding="utf-8")))
-        for path in sorted(SRC.glob("*.py"))
+        (_module_name(path), ast.parse(path.read_text(encoding="utf-8")))
+        for path in sorted(SRC.rglob("*.py"))
     ]
+
+
+MODULES = {name for name, _ in _source_trees()}
 
 
 def test_no_signal_juggling_ctypes_or_frame_walking_in_the_library() -> None:
@@ -90,34 +100,42 @@ def _import_time_nodes(tree: ast.AST) -> list[ast.AST]:
     return nodes
 
 
-def _imports_of(name: str, tree: ast.Module) -> set[str]:
-    """The modules of this package that ``name`` imports when imported (also for
-    typing only)."""
-    found = set()
-    for node in _import_time_nodes(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
+def _imports_of(module: str, tree: ast.Module, lazy: bool = False) -> set[str]:
+    """The modules of this package that ``module`` imports when imported (also for
+    typing only), as dotted names; with ``lazy``, inside functions too."""
+    package = module if _is_package(module) else module.rpartition(".")[0]
+    nodes = ast.walk(tree) if lazy else _import_time_nodes(tree)
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
             else:
-                found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("iostream."):
-            found.add((node.module or "").split(".")[1])
-        elif isinstance(node, ast.ImportFrom) and node.module == "iostream":
-            found.add("__init__")
-        elif isinstance(node, ast.Import):
-            found.update(
-                alias.name.split(".")[1] if "." in alias.name else "__init__"
-                for alias in node.names
-                if alias.name.split(".")[0] == "iostream"
-            )
-    return found - {name}
+                target = node.module or ""
+            # ``from . import x`` imports the module x if there is one.
+            names = [target, *(f"{target}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for name in names:
+            while name and name not in MODULES:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found - {module}
+
+
+def _is_package(module: str) -> bool:
+    return (SRC.parent / module.replace(".", "/") / "__init__.py").is_file()
 
 
 def test_the_modules_import_each_other_without_a_cycle() -> None:
-    graph = {path[:-3]: _imports_of(path[:-3], tree) for path, tree in _source_trees()}
-    modules = set(graph)
-    # "app": the subpackage, which only __main__ imports (see the test below).
-    assert {m for deps in graph.values() for m in deps} <= modules | {"__init__", "app"}
+    """Dependencies go one way. A package's ``__init__`` re-exports its modules, so
+    an import of the package itself (``from iostream import x``) is not followed."""
+    graph = {name: _imports_of(name, tree) for name, tree in _source_trees()}
     done: set[str] = set()
 
     def visit(module: str, stack: list[str]) -> None:
@@ -125,13 +143,45 @@ def test_the_modules_import_each_other_without_a_cycle() -> None:
         if module in done:
             return
         for dep in sorted(graph.get(module, ())):
-            visit(dep, [*stack, module])
+            if not _is_package(dep):
+                visit(dep, [*stack, module])
         done.add(module)
 
     for module in sorted(graph):
-        if module != "__init__":
-            visit(module, [])
-    assert "outstream" not in graph["iothread"] and "iothread" not in graph["background_socket"]
+        visit(module, [])
+    assert "iostream.outstream" not in graph["iostream.iothread"]
+
+
+def test_the_core_imports_nothing_that_does_io() -> None:
+    """The sans-IO core (iostream.core) imports nothing outside itself but pure
+    standard-library modules: no zmq, tornado, threads, clocks, sockets or files."""
+    allowed = {
+        "__future__",
+        "codecs",
+        "collections",
+        "dataclasses",
+        "enum",
+        "math",
+        "typing",
+    }
+    found = []
+    for name, tree in _source_trees():
+        if not name.startswith("iostream.core"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                modules = [node.module or ""]
+            else:
+                continue
+            found += [f"{name}: {m}" for m in modules if m.split(".")[0] not in allowed]
+        found += [
+            f"{name}: {m}"
+            for m in _imports_of(name, tree, lazy=True)
+            if not m.startswith("iostream.core")
+        ]
+    assert found == []
 
 
 def test_outstream_talks_to_its_thread_only_through_the_protocol() -> None:
@@ -139,11 +189,11 @@ def test_outstream_talks_to_its_thread_only_through_the_protocol() -> None:
     OutStream's modules: only the methods of iostream.threadlink's protocol."""
     trees = dict(_source_trees())
     stream_modules = [
-        "outstream.py",
-        "publishing.py",
-        "parents.py",
-        "writepath.py",
-        "streamgroup.py",
+        "iostream.outstream",
+        "iostream.publishing",
+        "iostream.parents",
+        "iostream.writepath",
+        "iostream.streamgroup",
     ]
     found = []
     for node in (n for name in stream_modules for n in ast.walk(trees[name])):
@@ -170,26 +220,6 @@ def test_outstream_talks_to_its_thread_only_through_the_protocol() -> None:
     assert found == []
 
 
-def _resolved_imports(module: str, is_package: bool, tree: ast.Module) -> list[tuple[int, str]]:
-    """Every module ``module`` may import (lazily too), relative imports resolved
-    against its package: ``(line, absolute name)``."""
-    package = module if is_package else module.rpartition(".")[0]
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                target = f"{base}.{node.module}" if node.module else base
-            else:
-                target = node.module or ""
-            found.append((node.lineno, target))
-            found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
-    return found
-
-
 def test_the_library_never_imports_the_app() -> None:
     """``iostream.app`` (``python -m iostream``) depends on the library, never the
     other way round: no module outside it imports it, not even lazily. Only
@@ -200,23 +230,19 @@ def test_the_library_never_imports_the_app() -> None:
     library = [
         path for path in sorted(SRC.rglob("*.py")) if app not in path.parents and path != main
     ]
-    assert SRC / "__init__.py" in library and SRC / "core.py" in library
+    assert SRC / "__init__.py" in library and SRC / "core" / "buffer.py" in library
     found = []
     for path in library:
-        relative = path.relative_to(SRC.parent).with_suffix("")
-        is_package = relative.name == "__init__"
-        module = ".".join(relative.parts[:-1] if is_package else relative.parts)
+        module = _module_name(path)
         tree = ast.parse(path.read_text(encoding="utf-8"))
         found += [
-            f"{path.relative_to(SRC)}:{line}: imports {name}"
-            for line, name in _resolved_imports(module, is_package, tree)
+            f"{module} imports {name}"
+            for name in _imports_of(module, tree, lazy=True)
             if name == "iostream.app" or name.startswith("iostream.app.")
         ]
     assert found == []
     main_tree = ast.parse(main.read_text(encoding="utf-8"))
-    assert "iostream.app.cli" in {
-        name for _, name in _resolved_imports("iostream.__main__", False, main_tree)
-    }
+    assert "iostream.app.cli" in _imports_of("iostream.__main__", main_tree)
 
     rc, out, err = run_python(
         "import iostream, sys\n"
@@ -224,3 +250,33 @@ def test_the_library_never_imports_the_app() -> None:
     )
     assert rc == 0, err
     assert out == "[]\n"
+
+
+def test_the_line_counting_script_counts_code_only() -> None:
+    """scripts/count_lines.py (issue 18's measure): docstrings, comments and blank
+    lines are not code; a multi-line statement counts each of its lines."""
+    import runpy
+
+    script = runpy.run_path(str(SRC.parent.parent / "scripts" / "count_lines.py"))
+    sample = (
+        '"""Module docstring,\n\nover three lines."""\n'
+        "\n"
+        "# a comment\n"
+        "import os  # code with a comment\n"
+        "\n"
+        "def f(\n"
+        "    x: int,\n"
+        ") -> int:\n"
+        '    """Docstring."""\n'
+        "    s = '''not a docstring\n"
+        "    on two lines'''\n"
+        "    return x\n"
+    )
+    assert script["code_lines"](sample) == 7
+    rc, out, err = run_python(
+        f"import runpy, sys; sys.argv = ['count', '--total']; "
+        f"runpy.run_path({str(SRC.parent.parent / 'scripts' / 'count_lines.py')!r}, "
+        f"run_name='__main__')"
+    )
+    assert rc == 0, err
+    assert 500 < int(out) < 5000

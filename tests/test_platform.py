@@ -126,9 +126,10 @@ def test_only_the_platform_module_reads_sys_platform() -> None:
 
 
 def test_core_does_not_import_the_platform_module() -> None:
-    tree = ast.parse((SRC / "core.py").read_text(encoding="utf-8"))
     imported: set[str] = set()
-    for node in ast.walk(tree):
+    trees = [ast.parse(path.read_text(encoding="utf-8")) for path in (SRC / "core").glob("*.py")]
+    assert trees
+    for node in (node for tree in trees for node in ast.walk(tree)):
         if isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + (node.module or ""))
             imported.update(alias.name for alias in node.names)

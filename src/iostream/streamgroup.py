@@ -1,7 +1,7 @@
 """The buffer shared by the streams that publish through one thread or session.
 
 :class:`_StreamGroup` is a thin locked wrapper around the sans-IO
-:class:`~iostream.core.OutputBuffer` and :class:`~iostream.flushstate.FlushState`;
+:class:`~iostream.core.OutputBuffer` and :class:`~iostream.core.policy.FlushState`;
 :func:`_group_for` finds the group of a thread (or session). The locks and the
 order in which they are taken are stated in :mod:`iostream.outstream`.
 """
@@ -20,7 +20,7 @@ from jupyter_client.jsonutil import json_default
 
 from . import forksafety
 from .core import Chunk, OutputBuffer, Parent, parent_key
-from .flushstate import Event, FlushState
+from .core.policy import Event, FlushState
 from .locking import locked, new_lock
 
 logger = logging.getLogger("iostream")
@@ -31,7 +31,7 @@ class _StreamGroup:
 
     A thin locked wrapper around two sans-IO parts: ``buffer`` (the
     :class:`~iostream.core.OutputBuffer`) and ``flow`` (the
-    :class:`~iostream.flushstate.FlushState`, the promise of a flush and when it
+    :class:`~iostream.core.policy.FlushState`, the promise of a flush and when it
     is due). ``lock`` guards both. Writes from any thread append
     ``(owner, parent, text)`` to ``incoming``, a deque (no lock: the write fast
     path), which is moved into ``buffer`` when text is taken. ``timer`` is

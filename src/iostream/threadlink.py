@@ -17,7 +17,7 @@ The protocol:
   the caller is the IO thread (any thread);
 * ``drains_before_stop``: whether every call scheduled before ``stop`` runs
   before the thread stops. Only then may a stream let writes skip the lock (the
-  licence of :mod:`iostream.flushstate` relies on the promised timer running);
+  licence of :mod:`iostream.core.policy` relies on the promised timer running);
 * the forked-child link: ``pipes_to_parent``, ``send_child_text``,
   ``wait_delivered`` and ``set_child_text_handler`` (see
   :class:`iostream.IOPubThread`).

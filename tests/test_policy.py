@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from iostream.flushstate import STALE_GRACE, Event, FlushState, Phase
+from iostream.core.policy import STALE_GRACE, Event, FlushState, Phase
 
 INTERVAL = 0.2
 
@@ -475,9 +475,9 @@ def test_the_state_machine_imports_nothing_that_does_io_or_reads_a_clock() -> No
     import ast
     from pathlib import Path
 
-    import iostream.flushstate
+    import iostream.core.policy
 
-    tree = ast.parse(Path(iostream.flushstate.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(iostream.core.policy.__file__).read_text(encoding="utf-8"))
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)
