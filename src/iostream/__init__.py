@@ -6,8 +6,7 @@ as Jupyter ``stream`` messages on an IOPub socket, from a background IO thread.
 
 from __future__ import annotations
 
-from .background_socket import BackgroundSocket
-from .iothread import CHILD, MASTER, PIPE_BUFFER_SIZE, IOPubThread
+from .iothread import CHILD, MASTER, PIPE_BUFFER_SIZE, BackgroundSocket, IOPubThread
 from .outstream import OutStream
 
 __version__ = "0.1.0"

@@ -16,6 +16,13 @@ The one cross-thread primitive is :meth:`IOPubThread.schedule`. Its guarantee:
 Only the IO thread ever sends on the socket while the thread runs, so a signal
 handler (Ctrl-C's KeyboardInterrupt), which Python runs on the main thread, can
 never cut a message in half.
+
+A forked child never touches the parent's ZeroMQ context, sockets, loop or thread,
+nor makes its own: with ``pipe=True`` its stream text and messages go to the
+parent over a :class:`~iostream.childchannel.ChildChannel` (a socketpair the
+parent makes at :meth:`IOPubThread.start`), synchronously, on the writing thread.
+
+:class:`BackgroundSocket` is the socket-like proxy whose sends go through the thread.
 """
 
 from __future__ import annotations
@@ -26,36 +33,116 @@ import contextlib
 import logging
 import os
 import threading
+import warnings
 import weakref
 from binascii import b2a_hex
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
+from itertools import repeat
 from typing import Any
 
 import zmq
 from tornado.ioloop import IOLoop
 
 from . import forksafety, platform
-from .background_socket import BackgroundSocket
-from .childchannel import ChildChannel, TextHandler
-from .childlink import CHILD, MASTER, ChildLink
+from .childchannel import ChildChannel, Fallback, TextHandler
 from .completion import Completion
 from .locking import locked, new_lock
-from .sending import Sending, _socket_type, add_reader, send_frames
 
-__all__ = ["CHILD", "MASTER", "PIPE_BUFFER_SIZE", "IOPubThread", "send_frames"]
+__all__ = ["CHILD", "MASTER", "PIPE_BUFFER_SIZE", "BackgroundSocket", "IOPubThread", "send_frames"]
 
 logger = logging.getLogger("iostream")
 
 #: Queued calls the IO thread runs in one pass before other work gets its turn.
 CALLS_PER_PASS = 64
 
-#: Bytes read from a captured file descriptor at a time.
+# -- ipykernel compatibility: names that exist only because consumers use them.
+#: ipykernel's size of a read from a captured descriptor; imported by some
+#: consumers, used by nothing here (fdcapture reads in blocks of its own).
 PIPE_BUFFER_SIZE = 1000
+
+#: What ``_check_mp_mode`` returns in the parent (ipykernel's constants).
+MASTER = 0
+#: What ``_check_mp_mode`` returns in a forked child that pipes to its parent.
+CHILD = 1
 
 #: A queued call: function, args, kwargs.
 Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+#: Messages the IO thread reads from one socket before letting other work run.
+READ_BATCH = 256
+
+# pyzmq's compiled send, when its backend is the compiled one (not cffi).
+_compiled_send: Any = (
+    None if type(zmq.backend.Socket.send).__name__ == "function" else zmq.backend.Socket.send
+)
+_more_flags: dict[int, tuple[int, ...]] = {}
+
+
+def send_frames(socket: Any, frames: Sequence[Any], copy: bool = True) -> None:
+    """Send ``frames`` as one multipart message on ``socket``. Caller owns the socket.
+
+    For a plain ``zmq.Socket`` and ``bytes`` frames, every frame is handed to
+    pyzmq's compiled ``send`` from C (``map`` consumed by a ``deque``), which
+    skips the per-frame flag arithmetic of ``Socket.send_multipart`` (about
+    15 us a message). Anything else goes through ``send_multipart``. Like it,
+    this is not atomic for signals (pyzmq runs pending signal handlers after
+    each frame), which is why only the IO thread, which Python never runs a
+    signal handler on, calls it while the thread runs.
+    """
+    kind = type(socket)
+    if (
+        _compiled_send is None
+        or kind.send_multipart is not zmq.Socket.send_multipart
+        or kind.send is not zmq.Socket.send
+        or not frames
+        or not set(map(type, frames)) <= {bytes}
+    ):
+        socket.send_multipart(frames, copy=copy)
+        return
+    count = len(frames)
+    flags = _more_flags.get(count)
+    if flags is None:
+        flags = _more_flags[count] = (int(zmq.SNDMORE),) * (count - 1) + (0,)
+    deque(map(_compiled_send, repeat(socket, count), frames, flags, repeat(copy, count)), 0)
+
+
+def add_reader(
+    io_loop: IOLoop,
+    sock: zmq.Socket[bytes],
+    on_message: Callable[[list[bytes]], None],
+    after: Callable[[], None] | None = None,
+) -> None:
+    """Call ``on_message`` for every message ``sock`` receives, then ``after``.
+
+    On ``io_loop``'s thread only (the IO thread).
+    """
+
+    def on_event(_fd: Any, _events: int) -> None:
+        # zmq's FD is edge-triggered: read until no message is left, but at
+        # most a batch at a time, so busy children cannot starve the loop.
+        for _ in range(READ_BATCH):
+            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                break
+            on_message(sock.recv_multipart(zmq.NOBLOCK))
+        else:
+            io_loop.add_callback(on_event, None, 0)  # the edge is spent
+        if after is not None:
+            after()
+
+    io_loop.add_handler(sock, on_event, IOLoop.READ)
+    on_event(sock, 0)
+
+
+def _socket_type(socket: Any) -> int | None:
+    if not hasattr(socket, "getsockopt"):
+        return None
+    try:
+        return int(socket.getsockopt(zmq.TYPE))
+    except zmq.ZMQError:
+        return None
 
 
 class _State(Enum):
@@ -66,7 +153,7 @@ class _State(Enum):
     STOPPED = "stopped"  # calls run inline
 
 
-class IOPubThread(Sending, ChildLink):
+class IOPubThread:
     """Sends IOPub messages from a background thread.
 
     ``IOPubThread(socket).background_socket`` is a socket-like object whose sends
@@ -137,12 +224,28 @@ class IOPubThread(Sending, ChildLink):
         self._init_locks()
         self._state = _State.FORKED
 
-    # -- compatibility names -------------------------------------------------
+    # -- ipykernel compatibility: names only consumers use ----------------------
 
     @property
     def pub_socket(self) -> Any:
         """The socket messages are published on (same as ``socket``)."""
         return self.socket
+
+    def _on_io_thread(self) -> bool:
+        """:meth:`on_io_thread` under the name ipykernel-era callers use."""
+        return self.on_io_thread()
+
+    def _is_master_process(self) -> bool:
+        """ipykernel's check; the library itself uses the fork flag of forksafety."""
+        return os.getpid() == self._master_pid
+
+    def _check_mp_mode(self) -> int:
+        """``CHILD`` in a forked child that pipes to its parent, else ``MASTER``."""
+        if self._pipe_flag and self._forked:
+            return CHILD
+        return MASTER
+
+    # -- state -------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
@@ -195,7 +298,7 @@ class IOPubThread(Sending, ChildLink):
         Returns within about ``stop_timeout`` seconds even if a scheduled call
         blocks; that case is logged. Any thread but the IO thread.
         """
-        if self._on_io_thread():
+        if self.on_io_thread():
             raise RuntimeError("IOPubThread.stop() cannot be called from the IO thread")
         with self._lock:
             if self._state is _State.NEW or self._state is _State.FORKED:
@@ -232,9 +335,9 @@ class IOPubThread(Sending, ChildLink):
         """
         if self.closed:
             return
-        if not self._on_io_thread():
+        if not self.on_io_thread():
             self.stop()
-        if self.thread.is_alive() and not self._on_io_thread():
+        if self.thread.is_alive() and not self.on_io_thread():
             logger.warning("iostream: IOPub thread still running: it closes the socket")
             self._close_when_stopped = True
             return
@@ -302,7 +405,7 @@ class IOPubThread(Sending, ChildLink):
         Returns whether it did within ``timeout`` seconds. On the IO thread
         itself nothing can be waited for: returns whether the queue is empty.
         """
-        if self._on_io_thread():
+        if self.on_io_thread():
             return not self._events
         if self._forked:
             return self.wait_delivered(timeout)  # (calls ran inline already)
@@ -311,10 +414,6 @@ class IOPubThread(Sending, ChildLink):
         return done.wait(timeout)
 
     # -- internals: any thread -------------------------------------------------
-
-    def _on_io_thread(self) -> bool:
-        """:meth:`on_io_thread` (the name ipykernel-era callers may use). Any thread."""
-        return threading.current_thread() is self.thread
 
     def _queue_if_running(self, event: Event) -> bool:
         """Queue ``event`` for the IO thread if it runs; whether it did. ``_lock`` held."""
@@ -431,3 +530,231 @@ class IOPubThread(Sending, ChildLink):
         if self._child_text_publish is not None:
             self._child_text_publish()
         self._send_on_socket(frames)
+
+    # -- sends ----------------------------------------------------------------
+
+    def send_multipart(self, *args: Any, **kwargs: Any) -> None:
+        """Send a multipart message on the IO thread (socket-like). Any thread.
+
+        Called on the IO thread, it sends at once; a forked child hands the
+        message to the parent's channel on the calling thread.
+        """
+        if self._forked:
+            self._send_from_child(*args)
+        elif self.on_io_thread():
+            self._really_send(*args, **kwargs)
+        else:
+            self.schedule(self._really_send, *args, **kwargs)
+
+    def _really_send(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
+        """Perform one send: on the socket, or to the parent from a forked child.
+
+        Runs where :meth:`schedule` runs its calls. Never raises: a missing or
+        closed socket is logged once and the message dropped.
+        """
+        if self._forked:
+            self._send_from_child(msg)
+        else:
+            self._send_on_socket(msg, *args, **kwargs)
+
+    def _send_from_child(self, msg: list[Any], *_args: Any) -> None:
+        """In a forked child: hand ``msg`` to the parent's channel (never libzmq)."""
+        channel = self._channel
+        if channel is None:
+            self._warn_dropped("a forked child without pipe=True cannot reach the socket")
+        elif not channel.send_message([bytes(part) for part in msg]):
+            self._warn_dropped("the parent process does not take a forked child's output")
+
+    def _send_on_socket(self, msg: list[Any], *args: Any, **kwargs: Any) -> None:
+        socket = self.socket
+        if socket is None:
+            self._warn_dropped("the IOPub socket is closed")
+            return
+        try:
+            if args or set(kwargs) - {"copy"}:
+                socket.send_multipart(msg, *args, **kwargs)
+            else:
+                send_frames(socket, msg, kwargs.get("copy", True))
+        except (zmq.ZMQError, AttributeError, ValueError) as error:
+            # (zmq.Again included: a send the caller made non-blocking is
+            # dropped, not retried, which would spin the IO thread.)
+            self._warn_dropped(f"sending failed: {error}")
+        if self._is_xpub and self.on_io_thread():
+            # A send can consume the FD edge that announces a subscription.
+            self._io_read_subscriptions()
+
+    def _warn_dropped(self, why: str) -> None:
+        if not self._warned_no_socket:
+            self._warned_no_socket = True
+            logger.warning("iostream: IOPub output dropped: %s", why)
+
+    def _io_on_socket_event(self, _fd: Any, _events: int) -> None:
+        self._io_read_subscriptions()
+
+    def _io_read_subscriptions(self) -> None:
+        """Read XPUB (un)subscriptions; welcome each subscriber (JEP 65)."""
+        socket = self.socket
+        if socket is None:
+            return
+        try:
+            while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frame = socket.recv(zmq.NOBLOCK)
+                if frame[:1] == b"\x01":
+                    self._io_welcome(frame[1:])
+        except zmq.ZMQError as error:
+            logger.debug("iostream: reading subscriptions failed: %s", error)
+
+    def _io_welcome(self, topic: bytes) -> None:
+        session = self.session
+        if not session or not hasattr(session, "send"):
+            return
+        try:
+            subscription = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        try:
+            session.send(
+                self.socket,
+                "iopub_welcome",
+                {"subscription": subscription},
+                parent={},
+                ident=topic or None,
+            )
+        except Exception:
+            logger.exception("iostream: sending iopub_welcome failed")
+
+    # -- forked children -------------------------------------------------------
+
+    def set_child_text_handler(
+        self, handler: TextHandler | None, publish: Callable[[], None] | None = None
+    ) -> None:
+        """Receive the stream text forked children send with :meth:`send_child_text`.
+
+        ``handler(owner, name, parent, text)`` runs on the IO thread of this (the
+        parent) process; ``publish()`` too, before a child's other message is
+        forwarded, so that text it wrote earlier is published before it.
+        Without a handler such text is logged and dropped. Any thread.
+        """
+        self._child_text_handler = handler
+        self._child_text_publish = publish
+
+    @property
+    def pipes_to_parent(self) -> bool:
+        """Whether this is a forked child whose output goes to the parent's channel."""
+        return self._forked and self._channel is not None
+
+    def send_child_text(
+        self, owner: int, name: str, parent: bytes, text: str, fallback: Fallback
+    ) -> None:
+        """In a forked child, hand stream text to the parent on the calling thread.
+
+        Returns once the operating system holds it (a child killed right after
+        loses nothing), or, if the parent takes nothing within the channel's
+        bound, once ``fallback`` (the stream's original descriptor) has it.
+        ``parent`` is the parent header as JSON. Any thread, forked children only
+        (see :attr:`pipes_to_parent`).
+        """
+        channel = self._channel
+        if channel is None:
+            raise RuntimeError("send_child_text() needs a forked child of a pipe=True thread")
+        channel.send_text(owner, name, parent, text, fallback)
+
+    def wait_delivered(self, timeout: float) -> bool:
+        """In a forked child, wait until the parent has handled everything this
+        process sent so far; return whether it has within ``timeout`` seconds.
+
+        True at once in the parent, in a child that sent nothing since, or once
+        the channel failed (the text went to the terminal). Any thread.
+        """
+        channel = self._channel
+        if not self._forked or channel is None:
+            return True
+        return channel.sync(timeout)
+
+
+class BackgroundSocket:
+    """``send``/``send_multipart`` through ``io_thread``; other socket attributes
+    forward to ``io_thread.socket`` with a DeprecationWarning."""
+
+    io_thread: IOPubThread | None = None
+
+    def __init__(self, io_thread: IOPubThread) -> None:
+        object.__setattr__(self, "io_thread", io_thread)
+
+    @property
+    def socket(self) -> Any:
+        """The underlying socket of the IO thread."""
+        return self._thread().socket
+
+    def _thread(self) -> IOPubThread:
+        thread = self.io_thread
+        if thread is None:
+            raise ValueError("BackgroundSocket has no IO thread")
+        return thread
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        socket = self._thread().socket
+        if socket is not None and hasattr(socket, attr):
+            warnings.warn(
+                f"Accessing zmq Socket attribute {attr} on BackgroundSocket is deprecated;"
+                f" use .io_thread.socket.{attr}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(socket, attr)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        if attr == "io_thread" or (attr.startswith("__") and attr.endswith("__")):
+            object.__setattr__(self, attr, value)
+            return
+        warnings.warn(
+            f"Setting zmq Socket attribute {attr} on BackgroundSocket is deprecated;"
+            f" use .io_thread.socket.{attr}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        setattr(self._thread().socket, attr, value)
+
+    def send(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Send a single-part message on the IO thread."""
+        self.send_multipart([msg], *args, **kwargs)
+
+    def send_multipart(self, *args: Any, **kwargs: Any) -> None:
+        """Send a multipart message on the IO thread."""
+        self._thread().send_multipart(*args, **kwargs)
+
+    def recv(self, timeout: float = 1.0, **kwargs: Any) -> Any:
+        """Receive one message from the socket, on the IO thread.
+
+        Waits at most ``timeout`` seconds; raises ``zmq.Again`` if nothing came.
+        Sockets that cannot receive (PUB) raise their usual ``zmq.ZMQError``.
+        """
+        thread = self._thread()
+        result: list[Any] = []
+        errors: list[BaseException] = []
+        done = Completion()
+
+        def receive() -> None:
+            try:
+                if thread.socket.poll(int(timeout * 1000)):
+                    result.append(thread.socket.recv(**kwargs))
+                else:
+                    errors.append(zmq.Again())
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                done.set()
+
+        thread.schedule(receive)
+        if not done.wait(timeout + thread.stop_timeout):
+            raise zmq.Again()
+        if errors:
+            raise errors[0]
+        return result[0]
+
+    def close(self) -> None:
+        """Stop the IO thread and close its socket. Idempotent."""
+        self._thread().close()

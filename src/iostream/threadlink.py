@@ -22,10 +22,8 @@ The protocol:
   ``wait_delivered`` and ``set_child_text_handler`` (see
   :class:`iostream.IOPubThread`).
 
-:class:`SocketOwner` is what :class:`iostream.BackgroundSocket` needs of its
-thread. This module imports neither :mod:`iostream.iothread` nor
-:mod:`iostream.outstream`, so neither of them nor ``background_socket`` needs the
-other for its types.
+This module imports neither :mod:`iostream.iothread` nor
+:mod:`iostream.outstream`, so neither needs the other for its types.
 """
 
 from __future__ import annotations
@@ -86,19 +84,6 @@ class IOThread(Protocol):
     ) -> None: ...
 
     def wait_delivered(self, timeout: float) -> bool: ...
-
-
-class SocketOwner(Protocol):
-    """What :class:`iostream.BackgroundSocket` needs of its thread."""
-
-    socket: Any
-    stop_timeout: float
-
-    def schedule(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
-
-    def send_multipart(self, *args: Any, **kwargs: Any) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class StandIn:
