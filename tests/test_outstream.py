@@ -490,9 +490,35 @@ def test_a_cells_own_first_line_is_not_held_after_a_threads_text_was_flushed(
     more = threading.Thread(target=err.write, args=(".",))  # batched: due in 30 s
     more.start()
     more.join()
+    out.write("")  # (an empty write is not the cell's first text)
+    kernel.receiver.poll(0.3)
+    assert kernel.receiver.text("stderr") == ".", "the premise: the thread's text is batched"
     out.write("first line\n")
     kernel.receiver.wait_for(lambda _m: "first line" in kernel.receiver.text("stdout"), 5)
     assert _by_parent(kernel)["cell-2"].endswith("first line\n")
+
+
+def test_a_thread_printing_into_a_cell_that_has_not_printed_is_batched(
+    kernel: Kernelish,
+) -> None:
+    """Until the cell's own code writes, only its thread's writes are watched for:
+    another thread printing meanwhile (the cell never prints; ipykernel sets the
+    parent for every request) is batched as usual, in few messages."""
+    out = kernel.stream()
+    out.flush_interval = 0.5
+    out.set_parent(_msg("cell-1"))
+
+    def chatter() -> None:
+        for i in range(200):
+            out.write(f"{i}\n")
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    thread.join()
+    out.flush()
+    kernel.receiver.wait_for_text("".join(f"{i}\n" for i in range(200)))
+    assert len(kernel.receiver.streams()) <= 4, kernel.receiver.summary()
 
 
 def test_thread_parent_and_global_fallback(kernel: Kernelish) -> None:

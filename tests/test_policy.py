@@ -50,9 +50,6 @@ EXPECTED = {
     (Phase.IDLE, Event.NEW_PARENT): Phase.IDLE,
     (Phase.PROMISED, Event.NEW_PARENT): Phase.PROMISED,
     (Phase.LICENSED, Event.NEW_PARENT): Phase.PROMISED,
-    (Phase.IDLE, Event.CELL_OUTPUT): Phase.IDLE,
-    (Phase.PROMISED, Event.CELL_OUTPUT): Phase.PROMISED,
-    (Phase.LICENSED, Event.CELL_OUTPUT): Phase.PROMISED,
 }
 
 
@@ -109,7 +106,6 @@ def test_a_new_parent_renews_the_promise_at_the_next_write(phase: Phase) -> None
     old = state.ticket
     state.handle(Event.NEW_PARENT, 10.01)
     assert not state.licensed
-    state.handle(Event.CELL_OUTPUT, 10.02)  # (the write is the cell's own)
     made = state.handle(Event.WRITE, 10.02, interval=INTERVAL)
     assert made == old + 1
     # The old promise's timer no longer licenses; the renewed one's does.
@@ -180,20 +176,23 @@ def test_a_new_cells_first_output_is_not_held_by_the_previous_cells_batching() -
 
 
 def test_the_cells_own_first_output_is_not_held_by_a_threads_batching() -> None:
-    """A thread printing into the new cell had its first text flushed; the cell's
-    own first write (CELL_OUTPUT) is due at the idle delay again, once."""
+    """A thread printing into the new cell had its first text flushed, and its
+    next text is batched; the cell's own first write (the caller tells
+    NEW_PARENT once more) is due at the idle delay, and renews the licence."""
     state = FlushState()
     state.handle(Event.NEW_PARENT, 10.0)
     ticket = state.handle(Event.WRITE, 10.001, interval=INTERVAL)  # the thread's text
     state.handle(Event.TIMER_SET, 10.001, ticket=ticket)
-    assert not state.licensed, "no licence until the cell's own thread has written"
+    assert state.licensed
     state.handle(Event.FLUSH, 10.003)
     state.handle(Event.TOOK_TEXT, 10.003)
-    state.handle(Event.WRITE, 10.004, interval=INTERVAL)  # the thread again: batched
-    assert state.due_at(INTERVAL) == pytest.approx(10.003 + INTERVAL)
-    state.handle(Event.CELL_OUTPUT, 10.005)
+    ticket = state.handle(Event.WRITE, 10.004, interval=INTERVAL)  # the thread again
+    state.handle(Event.TIMER_SET, 10.004, ticket=ticket)
+    assert state.due_at(INTERVAL) == pytest.approx(10.003 + INTERVAL)  # batched
+    state.handle(Event.NEW_PARENT, 10.005)  # the cell's own first write
+    assert not state.licensed
     made = state.handle(Event.WRITE, 10.005, interval=INTERVAL)
-    assert made, "the cell's first write renews the promise"
+    assert made == ticket + 1, "the cell's first write renews the promise"
     assert state.due_at(INTERVAL) == pytest.approx(10.005 + state.idle_delay)
     state.handle(Event.TIMER_SET, 10.005, ticket=made)
     assert state.licensed
@@ -426,14 +425,6 @@ class FlushMachine(RuleBasedStateMachine):
         self.state.handle(Event.NEW_PARENT, self.now)
         assert not self.state.licensed
         self.nothing_taken_since_new_parent = True
-
-    @rule()
-    def cell_output(self) -> None:
-        """The thread that set the parent writes for the first time under it."""
-        if self.state.awaiting_cell_output:
-            self.state.handle(Event.CELL_OUTPUT, self.now)
-            assert not self.state.licensed and not self.state.awaiting_cell_output
-            self.nothing_taken_since_new_parent = True
 
     @rule(rest=st.integers(1, 50))
     def partial_line_put_back(self, rest: int) -> None:

@@ -87,7 +87,7 @@ class Publishing:
         """Make sure a flush will come for ``text``, just queued. Any thread."""
         group = self._group
         self._writer.limit = self.max_buffer_chars
-        ticket = group.promise(_monotonic(), self.flush_interval)
+        ticket = group.promise(_monotonic(), self.flush_interval, bool(text))
         if self._publisher is None:
             if "\n" in text:
                 self._publish_complete_lines()

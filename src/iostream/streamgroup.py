@@ -25,6 +25,11 @@ from .locking import locked, new_lock
 
 logger = logging.getLogger("iostream")
 
+#: Threads remembered as having set a parent without writing since (see
+#: ``_StreamGroup.awaiting``): more are forgotten, which costs their first line
+#: at most one batching interval, never text.
+AWAITING_LIMIT = 32
+
 
 class _StreamGroup:
     """The shared buffer of the streams that publish through one thread or session.
@@ -71,8 +76,9 @@ class _StreamGroup:
         self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
         # The key (core.parent_key) of the parent set last with set_parent.
         self.latest_parent_key: object = None
-        # The thread that set it (the cell's own code runs there).
-        self.parent_setter: int | None = None
+        # Threads that set a new parent (the cell's own code runs there) and have
+        # not written under it since. Changed under ``lock``; read without it.
+        self.awaiting: set[int] = set()
         self.timer: object | None = None
         self.publisher_ident: int | None = None
         # Owners whose own ``_flush`` override is running (publish_lock held):
@@ -130,16 +136,27 @@ class _StreamGroup:
                 unfinished = self.buffer.unfinished_line()
             return self.flow.due_in(now, self.backlog(), interval, unfinished_line=unfinished)
 
-    def promise(self, now: float, interval: float) -> int:
+    def promise(self, now: float, interval: float, text: bool = True) -> int:
         """Promise a flush for text just queued unless one is; return the new
-        promise's ticket, 0 if none was made. Any thread."""
-        return locked(self.lock, self._promise, now, interval)
+        promise's ticket, 0 if none was made. ``text``: the write was not empty.
+        Any thread."""
+        return locked(self.lock, self._promise, now, interval, text)
 
-    def _promise(self, now: float, interval: float) -> int:
-        flow = self.flow
-        if flow.awaiting_cell_output and threading.get_ident() == self.parent_setter:
-            flow.handle(Event.CELL_OUTPUT, now)  # the cell's own first text
-        return flow.handle(Event.WRITE, now, interval=interval)
+    def _promise(self, now: float, interval: float, text: bool) -> int:
+        awaiting = self.awaiting
+        if awaiting and text and threading.get_ident() in awaiting:
+            # The cell's own first text: not held by the batching of text that
+            # threads printed into the cell before it (NEW_PARENT once more).
+            awaiting.discard(threading.get_ident())
+            self.flow.handle(Event.NEW_PARENT, now)
+        return self.flow.handle(Event.WRITE, now, interval=interval)
+
+    def awaited(self) -> bool:
+        """Whether the calling thread set a new parent and has not written under
+        it since: its next write must take the checked path (:meth:`promise`).
+        Any thread; without the lock (a thread only ever finds its own ident)."""
+        awaiting = self.awaiting
+        return bool(awaiting) and threading.get_ident() in awaiting
 
     def new_parent(self, parent: Parent, now: float) -> None:
         """``parent`` was set as the streams' parent: if it is another request than
@@ -151,7 +168,9 @@ class _StreamGroup:
     def _new_parent(self, key: object, now: float, setter: int) -> None:
         if key != self.latest_parent_key:
             self.latest_parent_key = key
-            self.parent_setter = setter
+            if len(self.awaiting) >= AWAITING_LIMIT:  # threads that set and never wrote
+                self.awaiting.clear()
+            self.awaiting.add(setter)
             self.flow.handle(Event.NEW_PARENT, now)
 
     def owe(self, now: float) -> None:

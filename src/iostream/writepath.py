@@ -93,7 +93,9 @@ class _FastWriter:
         group = self.group
         if group is not None and group.flow.licensed and string.__class__ is str:
             publisher = group.publisher_ident
-            if publisher is None or publisher != _get_ident():
+            if (publisher is None or publisher != _get_ident()) and not (
+                group.awaiting and _get_ident() in group.awaiting
+            ):
                 size = len(string)
                 parent = self.parent.get(_NO_CONTEXT)
                 if parent is _NO_CONTEXT:  # a thread that set no parent of its own
@@ -113,7 +115,7 @@ class _FastWriter:
     def _append_if_licensed(self, group: _StreamGroup, parent: Parent, string: str) -> int | None:
         """Queue ``string`` if the fast path is licensed; the characters then
         queued, or None. The group's lock held."""
-        if not group.flow.licensed:
+        if not group.flow.licensed or group.awaited():
             return None
         group.add_locked(self.owner, parent, string)
         return group.incoming_chars

@@ -27,9 +27,8 @@ WRITE       PROMISED or      unchanged, no ticket; PROMISED with a new ticket if
                              scheduling its timer: promise again), or if a
                              NEW_PARENT came since it was made
 TIMER_SET   PROMISED         LICENSED if the ticket is the current promise's,
-                             licences are allowed (not in a forked child), no
-                             NEW_PARENT came since the promise and no CELL_OUTPUT
-                             is awaited; else unchanged
+                             licences are allowed (not in a forked child) and no
+                             NEW_PARENT came since the promise; else unchanged
 FLUSH       any              IDLE: the promised flush (timer, stop) or a flush
                              that ends the promise took everything
 KEEP_FLUSH  LICENSED         LICENSED: an explicit flush on a running IO thread
@@ -44,8 +43,6 @@ REQUEUE     other            unchanged
 NEW_PARENT  LICENSED         PROMISED (the licence ends, so the next write takes
                              the slow path); the next WRITE renews the promise
 NEW_PARENT  IDLE, PROMISED   unchanged; a PROMISED one is renewed by the next WRITE
-CELL_OUTPUT LICENSED         PROMISED, as NEW_PARENT (the next WRITE renews it)
-CELL_OUTPUT IDLE, PROMISED   unchanged; a PROMISED one is renewed by the next WRITE
 ==========  ===============  =====================================================
 
 NEW_PARENT (a new request, a new cell, became the streams' parent) also forgets
@@ -54,12 +51,10 @@ an idle period, whatever the previous parent printed: batching never carries
 over from one cell to the next. The renewed promise's timer is scheduled at the
 idle delay; the old timer, if still scheduled, is replaced by it.
 
-CELL_OUTPUT (the thread that set the new parent, the cell's own code, writes for
-the first time under it) does the same once more: a thread that keeps printing
-into the new cell may already have had its first text flushed, and the cell's own
-first line must not then wait for the batching interval. Until CELL_OUTPUT comes,
-TIMER_SET licenses nothing, so every write takes the checked path, where the
-first write of the cell's thread is recognised.
+The caller tells NEW_PARENT once more when the thread that set the new parent
+(the cell's own code) writes its first text under it: a thread that keeps
+printing into the new cell may have had its first text flushed already, and the
+cell's own first line must not then wait for the batching interval.
 
 The timing rules (:meth:`FlushState.due_in`):
 
@@ -108,7 +103,6 @@ class Event(Enum):
     TOOK_TEXT = "took text"
     REQUEUE = "requeue"
     NEW_PARENT = "new parent"
-    CELL_OUTPUT = "cell output"
 
 
 class FlushState:
@@ -122,7 +116,6 @@ class FlushState:
         "_grew_at",
         "_last_flush",
         "_seen_pending",
-        "awaiting_cell_output",
         "burst_chars",
         "burst_wait",
         "idle_delay",
@@ -158,10 +151,8 @@ class FlushState:
         #: The number of the current promise (0: none made yet).
         self.ticket = 0
         self.promised_at = -math.inf
-        #: A NEW_PARENT or CELL_OUTPUT came since the current promise was made.
+        #: A NEW_PARENT came since the current promise was made.
         self.renew = False
-        #: A NEW_PARENT came and its thread has not written since (CELL_OUTPUT).
-        self.awaiting_cell_output = False
         self._last_flush: float | None = None
         self._seen_pending = -1  # the backlog when due_in last looked
         self._grew_at = -math.inf  # when due_in last saw the backlog grow
@@ -192,7 +183,6 @@ class FlushState:
                 and ticket == self.ticket
                 and self.licensable
                 and not self.renew
-                and not self.awaiting_cell_output
             ):
                 new = Phase.LICENSED
         elif event is Event.FLUSH:
@@ -205,8 +195,7 @@ class FlushState:
                 self.promised_at = now
         elif event is Event.TOOK_TEXT:
             self._last_flush = now
-        elif event is Event.NEW_PARENT or event is Event.CELL_OUTPUT:
-            self.awaiting_cell_output = event is Event.NEW_PARENT
+        elif event is Event.NEW_PARENT:
             self._last_flush = None
             if phase is not Phase.IDLE:
                 new = Phase.PROMISED
