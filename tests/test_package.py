@@ -188,13 +188,7 @@ def test_outstream_talks_to_its_thread_only_through_the_protocol() -> None:
     """No type checks of the thread, no private calls into it, no loop timers in
     OutStream's modules: only the methods of iostream.threadlink's protocol."""
     trees = dict(_source_trees())
-    stream_modules = [
-        "iostream.outstream",
-        "iostream.publishing",
-        "iostream.parents",
-        "iostream.writepath",
-        "iostream.streamgroup",
-    ]
+    stream_modules = ["iostream.outstream", "iostream.streamgroup"]
     found = []
     for node in (n for name in stream_modules for n in ast.walk(trees[name])):
         if (
@@ -280,3 +274,31 @@ def test_the_line_counting_script_counts_code_only() -> None:
     )
     assert rc == 0, err
     assert 500 < int(out) < 5000
+
+
+def test_one_class_per_concept_without_mixins() -> None:
+    """OutStream and IOPubThread are each one class in one module: no base class
+    of the package's own, no ``if TYPE_CHECKING:`` re-declaring a host's
+    attributes, and no module touching another module's private names."""
+    from iostream import IOPubThread, OutStream
+
+    assert [c.__module__ for c in OutStream.__mro__ if c.__module__.startswith("iostream")] == [
+        "iostream.outstream"
+    ]
+    assert [c.__module__ for c in IOPubThread.__mro__ if c.__module__.startswith("iostream")] == [
+        "iostream.iothread"
+    ]
+    found = []
+    for name, tree in _source_trees():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                declared = [n for n in node.body if isinstance(n, ast.AnnAssign | ast.FunctionDef)]
+                if declared:
+                    found.append(f"{name}:{node.lineno}: TYPE_CHECKING re-declarations")
+            if isinstance(node, ast.ImportFrom) and node.level:
+                found += [
+                    f"{name}:{node.lineno}: imports private {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert found == []

@@ -7,11 +7,9 @@ when there is no running IO thread (before ``start``, after ``stop``, without a
 thread at all).
 
 Streams that publish through the same thread share one ordered buffer (a
-``_StreamGroup``, :mod:`iostream.streamgroup`), so text written to stdout and then
-stderr under one parent arrives in that order. The class is assembled from
-:mod:`iostream.parents` (parent routing), :mod:`iostream.publishing` (buffering,
-flushing, sending, hooks, echo) and :mod:`iostream.writepath` (the write path);
-it talks to its thread through :mod:`iostream.threadlink` only.
+``StreamGroup``, :mod:`iostream.streamgroup`), so text written to stdout and then
+stderr under one parent arrives in that order. The stream talks to its thread
+through :mod:`iostream.threadlink` only.
 
 Cross-thread handshakes, stated once. Nothing rests on the GIL except the write
 fast path, which is taken only where the GIL is enabled (:data:`LOCK_FREE_WRITES`):
@@ -40,34 +38,155 @@ the thread's ``_lock`` are taken on writing threads through
 from __future__ import annotations
 
 import contextvars
+import functools
 import io
+import logging
 import os
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from jupyter_client.session import extract_header
 
 from . import forksafety
 from .completion import Completion
-from .core import DEFAULT_MAX_MESSAGE_CHARS, Parent
+from .core import (
+    DEFAULT_MAX_MESSAGE_CHARS,
+    Chunk,
+    Parent,
+    complete_lines,
+    make_publishable,
+    split_text,
+)
 from .fdcapture import FdCapture
 from .iothread import IOPubThread
-from .parents import ParentRouting
-from .publishing import Hook, Publishing
-from .streamgroup import _group_for
+from .locking import locked
+from .streamgroup import StreamGroup, group_for
 from .threadlink import IOThread, link
-from .writepath import LOCK_FREE_WRITES, _FastWriter
 
+logger = logging.getLogger("iostream")
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
 _STD_FDS = {"stdout": 1, "stderr": 2}
 
+#: ``hook(msg)`` returns the message to send, or None to swallow it.
+Hook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
 __all__ = ["LOCK_FREE_WRITES", "Hook", "OutStream"]
 
+#: The default of the parent context variable's lookups: tells "this context holds
+#: no parent" apart from any value. Compared by identity only, never stored.
+_NO_CONTEXT: Parent = {}
 
-class OutStream(ParentRouting, Publishing, io.TextIOBase):
+#: Whether writes may take the lock-free fast path: only where the GIL makes
+#: ``deque.extend`` of a tuple atomic and an unlocked ``+=`` merely inexact
+#: (see :class:`_FastWriter`). Without the GIL (free-threaded builds), or with
+#: ``IOSTREAM_LOCKED_WRITES=1`` in the environment at import (a testing aid),
+#: every write takes the group's lock. Read once, at import.
+LOCK_FREE_WRITES: bool = bool(getattr(sys, "_is_gil_enabled", lambda: True)()) and (
+    os.environ.get("IOSTREAM_LOCKED_WRITES", "") != "1"
+)
+
+
+class _FastWriter:
+    """The common case of :meth:`OutStream.write`, on a plain object.
+
+    Attribute access on instances of ``io.TextIOBase`` subclasses costs about
+    half again as much as on a plain slotted object, and this runs for every
+    write. ``group`` is None while the stream is closed or echoing, which sends
+    every write to the checked path. ``limit`` is the stream's
+    ``max_buffer_chars``, refreshed whenever a write takes the slow path.
+    ``thread_links`` and ``thread_headers`` are the stream's
+    ``_thread_to_parent`` and ``_thread_to_parent_header`` (empty unless
+    ipykernel 6.29's kernel fills them, see :meth:`OutStream._parent_of_thread`).
+    """
+
+    __slots__ = (
+        "group",
+        "limit",
+        "owner",
+        "parent",
+        "parent_global",
+        "stream",
+        "thread_headers",
+        "thread_links",
+    )
+
+    def __init__(self, stream: OutStream) -> None:
+        self.stream = stream
+        self.group: StreamGroup | None = None
+        self.limit = stream.max_buffer_chars
+        self.owner = stream._owner
+        self.parent = stream._parent_header
+        self.parent_global: Parent = {}
+        self.thread_links: dict[int | None, int | None] = {}
+        self.thread_headers: dict[int | None, Parent] = {}
+
+    def write(self, string: str) -> int:
+        """See :meth:`OutStream.write`. Any thread; only where
+        :data:`LOCK_FREE_WRITES` (the GIL makes the unlocked appends safe)."""
+        # Fast path: a plain str and a flush already on its way (group.add inlined,
+        # without its lock: under the GIL ``extend`` of a tuple is atomic, and
+        # ``incoming_chars`` is a bound, reset whenever ``incoming`` is moved
+        # into the buffer).
+        group = self.group
+        if group is not None and group.flow.licensed and string.__class__ is str:
+            publisher = group.publisher_ident
+            if (publisher is None or publisher != _get_ident()) and not (
+                group.awaiting and _get_ident() in group.awaiting
+            ):
+                size = len(string)
+                parent = self.parent.get(_NO_CONTEXT)
+                if parent is _NO_CONTEXT:  # a thread that set no parent of its own
+                    parent = (
+                        self.stream._parent_of_thread()
+                        if self.thread_headers
+                        else self.parent_global
+                    )
+                group.incoming.extend((self.owner, parent, string))
+                group.incoming_chars += size
+                if group.flow.licensed and group.incoming_chars <= self.limit:
+                    return size
+                self.stream._after_fast_append(string)
+                return size
+        return self.stream._write_checked(string)
+
+    def _append_if_licensed(self, group: StreamGroup, parent: Parent, string: str) -> int | None:
+        """Queue ``string`` if the fast path is licensed; the characters then
+        queued, or None. The group's lock held."""
+        if not group.flow.licensed or group.awaited():
+            return None
+        group.add_locked(self.owner, parent, string)
+        return group.incoming_chars
+
+    def write_locked(self, string: str) -> int:
+        """:meth:`write` with the group's lock around the licence check and the
+        append: nothing rests on the GIL. Any thread."""
+        group = self.group
+        if group is not None and string.__class__ is str:
+            publisher = group.publisher_ident
+            # (Only this thread ever stores its own ident there: a stale value
+            # read here is never this thread's.)
+            if publisher is None or publisher != _get_ident():
+                parent = self.parent.get(_NO_CONTEXT)  # outside the lock: may call out
+                if parent is _NO_CONTEXT:
+                    parent = (
+                        self.stream._parent_of_thread()
+                        if self.thread_headers
+                        else self.parent_global
+                    )
+                queued = locked(group.lock, self._append_if_licensed, group, parent, string)
+                if queued is not None:
+                    if queued > self.limit:
+                        self.stream.flush()  # bounds memory: wait for the IO thread
+                    return len(string)
+        return self.stream._write_checked(string)
+
+
+class OutStream(io.TextIOBase):
     """A file-like object that publishes what is written to it on IOPub.
 
     ``OutStream(session, pub_thread, name)`` as in ipykernel; the name-first form
@@ -151,7 +270,7 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
         self._capture: FdCapture | None = None
         self._warned_echo = False
         self._echo: Any = None
-        self._group = _group_for(pub_thread if pub_thread is not None else session)
+        self._group = group_for(pub_thread if pub_thread is not None else session)
         self._owner = id(self)
         # Before anything can write (the fd reader below): holds the global parent.
         self._writer = _FastWriter(self)
@@ -160,9 +279,9 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
             self._link.add_stop_callback(self._flush_whole_group)
             # Once the thread has stopped, the process prints normally again.
             self._link.add_stopped_callback(self._end_fd_capture)
-            group = self._group
             self._link.set_child_text_handler(
-                group._io_receive_child_text, group._io_publish_pending
+                functools.partial(_io_receive_child_text, self._group),
+                functools.partial(_io_publish_pending, self._group),
             )
         self._should_watch = self._wants_fd_capture(watchfd)
         if self._should_watch:
@@ -322,6 +441,431 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
             self._closed = True
             self.pub_thread = None
 
+    # -- parents ---------------------------------------------------------------
+
+    @property
+    def parent_header(self) -> Parent:
+        """The parent of the current context (thread or task), else of the thread's
+        oldest ancestor in ipykernel 6.29's thread maps, else the global one."""
+        return self._current_parent()
+
+    @parent_header.setter
+    def parent_header(self, value: Parent) -> None:
+        self._parent_header.set(value)
+        self._writer.parent_global = value
+
+    def _current_parent(self) -> Parent:
+        """What :attr:`parent_header` returns. Any thread."""
+        parent = self._parent_header.get(_NO_CONTEXT)
+        if parent is not _NO_CONTEXT:
+            return parent
+        writer = self._writer
+        return self._parent_of_thread() if writer.thread_headers else writer.parent_global
+
+    def _parent_of_thread(self) -> Parent:
+        """The parent for the calling thread when its context holds none. Any thread.
+
+        ipykernel 6.29's ``IPythonKernel`` records, as each thread starts, the
+        cell that was running when a thread of the kernel's own started it
+        (``_thread_to_parent_header[ident]``), or the thread that started it
+        (``_thread_to_parent[ident]``), and removes the entries of finished
+        threads. Output of a thread then goes to its oldest recorded ancestor's
+        cell, else to the global parent, as 6.29's own OutStream routes it. A
+        cycle (a thread ident reused while its entry was kept) ends the walk.
+        """
+        writer = self._writer
+        links = writer.thread_links
+        ident: int | None = _get_ident()
+        for _ in range(len(links)):
+            if ident not in links:
+                break
+            ident = links.get(ident, ident)  # (another thread may remove it meanwhile)
+        return writer.thread_headers.get(ident, writer.parent_global)
+
+    @property
+    def _thread_to_parent_header(self) -> dict[int | None, Parent]:
+        """Thread ident to the parent its output goes to (ipykernel 6.29's map)."""
+        return self._writer.thread_headers
+
+    @_thread_to_parent_header.setter
+    def _thread_to_parent_header(self, value: dict[int | None, Parent]) -> None:
+        self._writer.thread_headers = value
+
+    @property
+    def _thread_to_parent(self) -> dict[int | None, int | None]:
+        """Thread ident to the ident of the thread that started it (ipykernel 6.29's map)."""
+        return self._writer.thread_links
+
+    @_thread_to_parent.setter
+    def _thread_to_parent(self, value: dict[int | None, int | None]) -> None:
+        self._writer.thread_links = value
+
+    @property
+    def _parent_header_global(self) -> Parent:
+        """The parent of threads and contexts that set none (ipykernel's attribute)."""
+        return self._writer.parent_global
+
+    @_parent_header_global.setter
+    def _parent_header_global(self, value: Parent) -> None:
+        self._writer.parent_global = value
+
+    def set_parent(self, parent: Any) -> None:
+        """Set the parent for the current context and as the global fallback.
+
+        Set directly, not through :attr:`parent_header`: ACT-R's Python interface
+        replaces that property on the class with one that only keeps
+        ``_parent_header_global``. A replaced property is assigned too.
+        """
+        header = extract_header(parent)
+        self._parent_header.set(header)
+        self._writer.parent_global = header
+        # A new cell: its first output goes out at once, not after the batching
+        # interval of the previous cell's output.
+        self._group.new_parent(header, _monotonic())
+        if type(self).parent_header is not _OWN_PARENT_HEADER:
+            self.parent_header = header
+
+    def set_thread_parent(self, parent: Any) -> contextvars.Token[Parent]:
+        """Set the parent for the calling thread or context only; returns a token."""
+        return self._parent_header.set(extract_header(parent))
+
+    def reset_thread_parent(self, token: contextvars.Token[Parent]) -> None:
+        """Undo the :meth:`set_thread_parent` call that returned ``token``."""
+        self._parent_header.reset(token)
+
+    # -- flushing and publishing ------------------------------------------------
+
+    def _buffer_text(self, text: str) -> None:
+        """Add text under the current parent and make sure a flush will come."""
+        self._buffer_under(self._current_parent(), text)
+
+    def _buffer_under(self, parent: Parent, text: str, from_child: bool = False) -> None:
+        """Add text under ``parent`` and make sure a flush will come. Any thread.
+
+        ``from_child``: the text is lines a forked child wrote (see
+        :meth:`~iostream.core.OutputBuffer.insert_lines`); IO thread only.
+        """
+        group = self._group
+        if from_child:
+            group.add_lines(self._owner, parent, text)
+        else:
+            group.add(self._owner, parent, text)
+        if group.forked and self._publisher is not None:
+            # A forked child is line-buffered, as a terminal is: complete lines go
+            # to the parent at once (which batches them; pools kill their workers
+            # without a flush), a partial line at the next newline, flush() or
+            # exit. Whole lines keep children writing at once from interleaving.
+            if "\n" in text:
+                self._publish_complete_lines()
+            elif group.backlog() > self.max_message_chars:
+                self._flush()
+        else:
+            self._promise_flush(text)
+
+    def _promise_flush(self, text: str) -> None:
+        """Make sure a flush will come for ``text``, just queued. Any thread."""
+        group = self._group
+        self._writer.limit = self.max_buffer_chars
+        ticket = group.promise(_monotonic(), self.flush_interval, bool(text))
+        if self._publisher is None:
+            if "\n" in text:
+                self._publish_complete_lines()
+        elif ticket:
+            self._flush_pending = True
+            if self._arm_flush():
+                group.mark_hot(_monotonic(), ticket)
+        elif group.backlog() > self.max_buffer_chars:
+            self.flush()
+
+    def _in_piping_child(self) -> bool:
+        """Whether this is a forked child whose thread pipes output to the parent."""
+        return self._group.forked and self._link is not None and self._link.pipes_to_parent
+
+    def _arm_flush(self) -> bool:
+        """Have the IO thread's timer flush; True if it will (else flushed here)."""
+        thread = self._link
+        if thread is not None and thread.running:
+            thread.schedule(self._io_on_timer)
+            # The licence relies on the timer running before the thread stops.
+            return thread.drains_before_stop
+        self._run_on(thread, self._flush)
+        return False
+
+    def _io_on_timer(self) -> None:
+        """Flush if due, else check again when it may be. IO thread only."""
+        thread = self._link
+        assert thread is not None  # (only a thread runs timers)
+        delay = self._group.delay(_monotonic(), self.flush_interval)
+        if delay is None:
+            return  # flushed meanwhile
+        if delay <= 0 or thread.stopping:
+            self._timer_flushing = True  # the promised flush: it ends the licence
+            try:
+                self._flush_whole_group()  # (a stopping loop would never run the timer)
+            finally:
+                self._timer_flushing = False
+            return
+        group = self._group
+        if group.timer is not None:
+            thread.cancel_timer(group.timer)
+        group.timer = thread.call_later(delay, self._io_on_timer)
+
+    def _flush_is_custom(self) -> bool:
+        """Whether this stream's class overrides :meth:`_flush`. Any thread."""
+        return type(self)._flush is not OutStream._flush
+
+    def _flush_whole_group(self) -> None:
+        """Publish everything pending in the group, this stream's text included
+        through its own ``_flush`` where its class overrides it; ends the flush
+        promise. The timer's flush and the stop callback. Where :meth:`_flush` runs."""
+        self._flush_group(route_self=True)
+
+    def _run_on(self, thread: IOThread | None, f: Callable[[], None]) -> None:
+        """Run ``f`` here if this is the IO thread or there is none, else schedule it."""
+        if thread is None or thread.on_io_thread():
+            f()
+        else:
+            thread.schedule(f)
+
+    # -- publishing ----------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Publish everything pending in this stream's group. IO thread (see module).
+
+        Text of other streams whose class overrides ``_flush`` (spyder-kernels
+        filters there) is left to their override, called right after.
+        """
+        self._flush_group(route_self=False)
+
+    def _flush_group(self, route_self: bool) -> None:
+        """Take everything pending (ending the flush promise), publish it, and
+        hand the text of members that override ``_flush`` to their override.
+
+        The take comes first, so text written meanwhile arms a new flush, and a
+        member's text is never published past its override (it goes back to the
+        front of the queue, where the override's ``_flush_buffers`` finds it).
+        An override calling ``super()._flush()`` has its own text published here.
+        """
+        self._flush_pending = False
+        self._subprocess_flush_pending = False
+        self._flush_echo()
+        group = self._group
+        thread = self._link
+        on_io_thread = thread is not None and thread.on_io_thread()
+        # A flush other than the timer's own, on a running thread of ours, leaves
+        # the timer's promise in force: the timer still comes, and writes
+        # meanwhile keep their fast path (a progress bar that flushes every step
+        # arms nothing and wakes no thread). Stopping revokes it (stop callback).
+        keep_licence = (
+            on_io_thread
+            and not self._timer_flushing
+            and thread is not None
+            and thread.drains_before_stop
+            and thread.running
+            and not thread.stopping
+        )
+        if group.timer is not None and not keep_licence and on_io_thread:
+            assert thread is not None
+            thread.cancel_timer(group.timer)
+            group.timer = None
+        # Take and publish under one lock: in a forked child the writing thread
+        # and the IO thread may both flush, and must not reorder the text.
+        with group.publish_lock:
+            chunks = group.take(time.monotonic(), keep_licence=keep_licence)
+            overriders = self._overriders(chunks, route_self)
+            if overriders:
+                theirs = [chunk for chunk in chunks if chunk.owner in overriders]
+                chunks = [chunk for chunk in chunks if chunk.owner not in overriders]
+                group.requeue(theirs)
+            self._publish(chunks)
+            for owner, member in overriders.items():
+                group.overrides_running.add(owner)
+                try:
+                    member._flush()
+                except Exception:  # one broken override must not stop the others
+                    logger.exception("iostream: %s's _flush failed", member.name)
+                finally:
+                    group.overrides_running.discard(owner)
+
+    def _overriders(self, chunks: list[Chunk], route_self: bool) -> dict[int, OutStream]:
+        """The live members owning ``chunks`` whose own ``_flush`` should publish them."""
+        found: dict[int, OutStream] = {}
+        group = self._group
+        for owner in {chunk.owner for chunk in chunks}:
+            member = group.members.get(owner)
+            if (
+                member is not None
+                and member._flush_is_custom()
+                and owner not in group.overrides_running
+                and (route_self or member is not self)
+            ):
+                found[owner] = member
+        return found
+
+    def _publish_complete_lines(self) -> None:
+        """Publish up to the last newline, keep the rest. Writing thread (without
+        an IO thread, or in a forked child)."""
+        group = self._group
+        with group.publish_lock:  # another writing thread must not publish between
+            chunks = group.take(time.monotonic())
+            if chunks and chunks[-1].owner == self._owner:
+                last = chunks.pop()
+                lines, rest = complete_lines(last.text)
+                chunks.append(Chunk(last.owner, last.parent, lines))
+                if rest:  # (ahead of anything queued meanwhile: written first)
+                    group.requeue([Chunk(last.owner, last.parent, rest)], time.monotonic())
+            self._publish([chunk for chunk in chunks if chunk.text])
+
+    def _flush_buffers(self) -> Iterator[tuple[dict[str, Any], str]]:
+        """Remove and yield this stream's pending ``(parent, text)`` pairs."""
+        for chunk in self._group.take(time.monotonic(), owner=self._owner):
+            yield dict(chunk.parent), chunk.text
+
+    def _publish(self, chunks: list[Chunk]) -> None:
+        """Publish ``chunks`` in order. Where a KeyboardInterrupt can strike (a
+        writing thread publishing: no IO thread, or a forked child), the chunks
+        not yet sent go back to the front of the queue before it propagates."""
+        if not chunks:
+            return
+        group = self._group
+        with group.publish_lock:
+            outer = group.publisher_ident
+            group.publisher_ident = threading.get_ident()
+            sent = 0
+            try:
+                for chunk in chunks:
+                    stream = group.members.get(chunk.owner, self)
+                    stream._publish_text(chunk.parent, chunk.text)
+                    sent += 1
+            except BaseException:
+                group.requeue(chunks[sent:])
+                raise
+            finally:
+                group.publisher_ident = outer
+
+    def _publish_text(self, parent: Parent, text: str) -> None:
+        """Send ``text`` as one or more stream messages. Never raises."""
+        text = make_publishable(text)
+        if self._in_piping_child():
+            self._send_to_parent(parent, text)
+            return
+        for piece in split_text(text, self.max_message_chars):
+            content = {"name": self.name, "text": piece}
+            try:
+                self._send(content, parent)
+            except Exception:
+                logger.exception("iostream: publishing %s output failed", self.name)
+
+    def _send_to_parent(self, parent: Parent, text: str) -> None:
+        """From a forked child: hand ``text`` to the parent, which publishes it;
+        returns once the operating system holds it. If the parent does not take
+        it in time, the text goes to the original descriptor instead."""
+        if not self._session_pid_set:
+            self._set_session_pid()  # display() from a child must work too
+        try:
+            packed = self._group.pack_parent(parent)
+            assert self._link is not None  # (a piping child has a thread)
+            self._link.send_child_text(
+                self._owner, self.name, packed, text, self._write_to_original
+            )
+        except Exception:
+            logger.exception("iostream: handing %s output to the parent failed", self.name)
+
+    def _send(self, content: dict[str, str], parent: Parent) -> None:
+        session = self.session
+        if self._publisher is None:
+            # The first argument is the socket, as ipykernel passes it
+            # (``self.pub_thread``, None here): a real Session then builds and
+            # signs the message and sends nothing, without an error.
+            session.send(None, "stream", content, parent=parent, ident=self.topic)
+            return
+        if not self._session_pid_set:
+            self._set_session_pid()  # the thread, not Session, handles forks
+        msg: dict[str, Any] | None = session.msg("stream", content, parent=parent)
+        for hook in list(self._hooks):
+            msg = self._run_hook(hook, msg) if msg is not None else None
+        if msg is None:
+            return  # a hook swallowed this message (only this one)
+        session.send(self._publisher, msg, ident=self.topic)
+
+    def _set_session_pid(self) -> None:
+        """Make the session's ``pid`` this process's, once per process (a
+        traitlets assignment). Publishing thread."""
+        session = self.session
+        if hasattr(session, "pid") and session.pid != os.getpid():
+            session.pid = os.getpid()
+        self._session_pid_set = True
+
+    def _after_fork_in_child(self) -> None:
+        # (forksafety) The session's pid is the parent's until the next send.
+        self._session_pid_set = False
+
+    def _run_hook(self, hook: Hook, msg: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return hook(msg)
+        except Exception:
+            logger.exception("iostream: output hook %r failed; message sent unchanged", hook)
+            return msg
+
+    # -- echo and the original stream ---------------------------------------
+
+    def _echo_write(self, text: str) -> None:
+        try:
+            self._echo.write(text)
+        except Exception as error:
+            self._report_echo_failure(error)
+
+    def _flush_echo(self) -> None:
+        if self._echo is None:
+            return
+        try:
+            self._echo.flush()
+        except Exception as error:
+            self._report_echo_failure(error)
+
+    def _report_echo_failure(self, error: Exception) -> None:
+        if not self._warned_echo:
+            self._warned_echo = True
+            logger.warning("iostream: echoing %s failed: %s", self.name, error)
+
+    def _write_to_original(self, text: str) -> None:
+        """Write where this stream's output would go without us. Never raises."""
+        try:
+            if self._capture is not None:
+                os.write(self._capture.original_copy, text.encode("utf-8", "replace"))
+                return
+            original = getattr(sys, f"__{self.name}__", None) or sys.__stderr__
+            if original is not None and original is not self:
+                original.write(text)
+        except Exception as error:
+            self._report_echo_failure(error)
+
+    # -- hooks ---------------------------------------------------------------
+
+    @property
+    def _hooks(self) -> list[Hook]:
+        if self._link is not None and self._link.on_io_thread():
+            return self._io_hooks
+        hooks: list[Hook] | None = getattr(self._local, "hooks", None)
+        if hooks is None:
+            hooks = self._local.hooks = []
+        return hooks
+
+    def register_hook(self, hook: Hook) -> None:
+        """Add a hook for flushes running on the calling thread (thread-local).
+
+        ``hook(msg)`` returns the message to send, or None to swallow that message.
+        """
+        self._hooks.append(hook)
+
+    def unregister_hook(self, hook: Hook) -> bool:
+        """Remove a hook registered from the calling thread; return whether it was."""
+        try:
+            self._hooks.remove(hook)
+        except ValueError:
+            return False
+        return True
+
     # -- fd capture ----------------------------------------------------------
 
     def _setup_stream_redirects(self, name: str) -> None:
@@ -357,3 +901,36 @@ class OutStream(ParentRouting, Publishing, io.TextIOBase):
 
     def _is_master_process(self) -> bool:
         return os.getpid() == self._master_pid
+
+
+#: :attr:`OutStream.parent_header` as defined here (see :meth:`OutStream.set_parent`).
+_OWN_PARENT_HEADER = OutStream.__dict__["parent_header"]
+
+
+# The handlers of forked children's text, one pair per group (the thread holds
+# them: bound to the group, not to a stream that may be collected).
+
+
+def _io_receive_child_text(
+    group: StreamGroup, owner: int, name: str, parent: Parent, text: str
+) -> None:
+    """Buffer text a forked child wrote to its copy of one of ``group``'s streams.
+
+    IO thread only (the thread's child text handler).
+    """
+    stream = group.members.get(owner)
+    if stream is None or stream.name != name:  # (an id may have been reused)
+        stream = next((s for s in group.live_members() if s.name == name), None)
+    if stream is None:
+        logger.warning("iostream: dropped %s output of a child: no such stream", name)
+        return
+    stream._buffer_under(parent, text, from_child=True)
+
+
+def _io_publish_pending(group: StreamGroup) -> None:
+    """Publish what is pending in ``group`` now (a child's text before its next
+    message). IO thread only (the thread's child text publisher)."""
+    if group.backlog():
+        stream = next(iter(group.live_members()), None)
+        if stream is not None:
+            stream._flush_whole_group()

@@ -1,6 +1,6 @@
 """The buffer shared by the streams that publish through one thread or session.
 
-:class:`_StreamGroup` is a thin locked wrapper around the sans-IO
+:class:`StreamGroup` is a thin locked wrapper around the sans-IO
 :class:`~iostream.core.OutputBuffer` and :class:`~iostream.core.policy.FlushState`;
 :func:`_group_for` finds the group of a thread (or session). The locks and the
 order in which they are taken are stated in :mod:`iostream.outstream`.
@@ -26,12 +26,12 @@ from .locking import locked, new_lock
 logger = logging.getLogger("iostream")
 
 #: Threads remembered as having set a parent without writing since (see
-#: ``_StreamGroup.awaiting``): more are forgotten, which costs their first line
+#: ``StreamGroup.awaiting``): more are forgotten, which costs their first line
 #: at most one batching interval, never text.
 AWAITING_LIMIT = 32
 
 
-class _StreamGroup:
+class StreamGroup:
     """The shared buffer of the streams that publish through one thread or session.
 
     A thin locked wrapper around two sans-IO parts: ``buffer`` (the
@@ -248,31 +248,8 @@ class _StreamGroup:
         with self.lock:
             return list(self.members.values())
 
-    def _io_receive_child_text(self, owner: int, name: str, parent: Parent, text: str) -> None:
-        """Buffer text a forked child wrote to its copy of one of our streams.
 
-        IO thread only (the thread's child text handler).
-        """
-        stream = self.members.get(owner)
-        if stream is None or stream.name != name:  # (an id may have been reused)
-            stream = next((s for s in self.live_members() if s.name == name), None)
-        if stream is None:
-            logger.warning("iostream: dropped %s output of a child: no such stream", name)
-            return
-        stream._buffer_under(parent, text, from_child=True)
-
-    def _io_publish_pending(self) -> None:
-        """Publish what is pending now (a child's text before its next message).
-
-        IO thread only (the thread's child text publisher).
-        """
-        if self.backlog():
-            stream = next(iter(self.live_members()), None)
-            if stream is not None:
-                stream._flush_whole_group()
-
-
-_groups: weakref.WeakKeyDictionary[Any, _StreamGroup] = weakref.WeakKeyDictionary()
+_groups: weakref.WeakKeyDictionary[Any, StreamGroup] = weakref.WeakKeyDictionary()
 
 
 class _GroupsLock:
@@ -290,12 +267,12 @@ _groups_lock = _GroupsLock()
 forksafety.register(_groups_lock)
 
 
-def _group_for(key: Any) -> _StreamGroup:
+def group_for(key: Any) -> StreamGroup:
     with _groups_lock.lock:
         try:
             group = _groups.get(key)
             if group is None:
-                group = _groups[key] = _StreamGroup()
+                group = _groups[key] = StreamGroup()
             return group
         except TypeError:  # not weak-referenceable or not hashable: no sharing
-            return _StreamGroup()
+            return StreamGroup()

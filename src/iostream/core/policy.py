@@ -2,7 +2,7 @@
 
 Nothing here owns a thread, a lock, a socket or a clock: the caller passes the
 time in (``now``, seconds on any monotonic scale) and serialises every call
-(``_StreamGroup`` holds its lock). The one exception is :attr:`FlushState.licensed`,
+(``StreamGroup`` holds its lock). The one exception is :attr:`FlushState.licensed`,
 which the write fast path reads without the lock (see :mod:`iostream.outstream`).
 
 The phases:
