@@ -27,8 +27,9 @@ FACTS = {
     "win32": [False, False, False],
 }
 SHOW_FACTS = (
-    "import json, sys, iostream.platform as p\n"
-    "print(json.dumps([sys.platform, p.PLATFORM, p.FORCED,"
+    "import json, os, sys, iostream.platform as p\n"
+    "print(json.dumps([sys.platform, p.PLATFORM, "
+    " p.decide(sys.platform, os.environ.get(p.ENV_VAR))[1],"
     " p.CAN_CAPTURE_FDS, p.CAN_ENLARGE_PIPE, p.CAN_FORK]))\n"
 )
 

@@ -64,7 +64,6 @@ def test_each_transition(phase: Phase, event: Event) -> None:
     made = state.handle(event, 10.05, ticket=ticket, interval=INTERVAL)
     assert state.phase is EXPECTED[phase, event]
     assert state.licensed is (state.phase is Phase.LICENSED)
-    assert state.promised is (state.phase is not Phase.IDLE)
     # Only a WRITE that made a promise returns (and advances) a ticket.
     assert made == (ticket + 1 if (phase, event) == (Phase.IDLE, Event.WRITE) else 0)
 
@@ -363,7 +362,7 @@ class FlushMachine(RuleBasedStateMachine):
     def slow_path_write(self, size: int) -> None:
         """A write through the checked path: queue, then promise."""
         self.pending += size
-        renewing = self.state.renew and self.state.promised
+        renewing = self.state.renew and self.state.phase is not Phase.IDLE
         made = self.state.handle(Event.WRITE, self.now, interval=INTERVAL)
         if renewing:
             assert made, "the first write under a new parent renews the promise"
@@ -409,7 +408,7 @@ class FlushMachine(RuleBasedStateMachine):
     @rule()
     def explicit_flush_on_running_thread(self) -> None:
         self._take(Event.KEEP_FLUSH)
-        if not self.state.promised:
+        if not self.state.phase is not Phase.IDLE:
             self.timer_scheduled = False  # it will find nothing promised
 
     @rule()
@@ -431,7 +430,7 @@ class FlushMachine(RuleBasedStateMachine):
         self._take(Event.FLUSH)
         self.pending += rest
         self.state.handle(Event.REQUEUE, self.now)
-        assert self.state.promised
+        assert self.state.phase is not Phase.IDLE
 
     def _take(self, event: Event) -> None:
         self.state.handle(event, self.now)
@@ -448,11 +447,11 @@ class FlushMachine(RuleBasedStateMachine):
     @invariant()
     def pending_text_is_promised_a_flush(self) -> None:
         if self.pending:
-            assert self.state.promised
+            assert self.state.phase is not Phase.IDLE
 
     @invariant()
     def due_time_is_bounded(self) -> None:
-        if self.state.promised:
+        if self.state.phase is not Phase.IDLE:
             assert self.state.due_at(INTERVAL) <= self.state.promised_at + INTERVAL + 1e-9 or (
                 self.state.due_at(INTERVAL) <= self.now + INTERVAL + 1e-9
             )

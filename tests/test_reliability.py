@@ -171,7 +171,7 @@ def test_a_write_racing_a_flush_is_not_stranded(kernel: Kernelish) -> None:
     out.flush_interval = 30.0
     out.write("b")  # arms a flush 30 s away: the fast path is licensed now
     kernel.thread.flush(5)
-    assert out._group.hot
+    assert out._group.flow.licensed
     real = out._parent_header
 
     class FlushWhileReadingParent:

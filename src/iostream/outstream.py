@@ -101,7 +101,7 @@ class _FastWriter:
     ``max_buffer_chars``, refreshed whenever a write takes the slow path.
     ``thread_links`` and ``thread_headers`` are the stream's
     ``_thread_to_parent`` and ``_thread_to_parent_header`` (empty unless
-    ipykernel 6.29's kernel fills them, see :meth:`OutStream._parent_of_thread`).
+    ipykernel 6.29's kernel fills them, see :meth:`current_parent`).
     """
 
     __slots__ = (
@@ -125,6 +125,30 @@ class _FastWriter:
         self.thread_links: dict[int | None, int | None] = {}
         self.thread_headers: dict[int | None, Parent] = {}
 
+    def current_parent(self) -> Parent:
+        """The parent of the calling context (thread or task) if it set one, else
+        of the thread's oldest ancestor in ipykernel 6.29's thread maps, else the
+        global one. Any thread; the one place a write's parent is decided."""
+        parent = self.parent.get(_NO_CONTEXT)
+        if parent is not _NO_CONTEXT:
+            return parent
+        if not self.thread_headers:
+            return self.parent_global
+        # ipykernel 6.29's ``IPythonKernel`` records, as each thread starts, the
+        # cell that was running when a thread of the kernel's own started it
+        # (``_thread_to_parent_header[ident]``), or the thread that started it
+        # (``_thread_to_parent[ident]``), and removes the entries of finished
+        # threads. Output of a thread goes to its oldest recorded ancestor's
+        # cell, else to the global parent, as 6.29's own OutStream routes it. A
+        # cycle (a thread ident reused while its entry was kept) ends the walk.
+        links = self.thread_links
+        ident: int | None = _get_ident()
+        for _ in range(len(links)):
+            if ident not in links:
+                break
+            ident = links.get(ident, ident)  # (another thread may remove it meanwhile)
+        return self.thread_headers.get(ident, self.parent_global)
+
     def write(self, string: str) -> int:
         """See :meth:`OutStream.write`. Any thread; only where
         :data:`LOCK_FREE_WRITES` (the GIL makes the unlocked appends safe)."""
@@ -139,14 +163,7 @@ class _FastWriter:
                 group.awaiting and _get_ident() in group.awaiting
             ):
                 size = len(string)
-                parent = self.parent.get(_NO_CONTEXT)
-                if parent is _NO_CONTEXT:  # a thread that set no parent of its own
-                    parent = (
-                        self.stream._parent_of_thread()
-                        if self.thread_headers
-                        else self.parent_global
-                    )
-                group.incoming.extend((self.owner, parent, string))
+                group.incoming.extend((self.owner, self.current_parent(), string))
                 group.incoming_chars += size
                 if group.flow.licensed and group.incoming_chars <= self.limit:
                     return size
@@ -171,13 +188,7 @@ class _FastWriter:
             # (Only this thread ever stores its own ident there: a stale value
             # read here is never this thread's.)
             if publisher is None or publisher != _get_ident():
-                parent = self.parent.get(_NO_CONTEXT)  # outside the lock: may call out
-                if parent is _NO_CONTEXT:
-                    parent = (
-                        self.stream._parent_of_thread()
-                        if self.thread_headers
-                        else self.parent_global
-                    )
+                parent = self.current_parent()  # outside the lock: may call out
                 queued = locked(group.lock, self._append_if_licensed, group, parent, string)
                 if queued is not None:
                     if queued > self.limit:
@@ -456,31 +467,7 @@ class OutStream(io.TextIOBase):
 
     def _current_parent(self) -> Parent:
         """What :attr:`parent_header` returns. Any thread."""
-        parent = self._parent_header.get(_NO_CONTEXT)
-        if parent is not _NO_CONTEXT:
-            return parent
-        writer = self._writer
-        return self._parent_of_thread() if writer.thread_headers else writer.parent_global
-
-    def _parent_of_thread(self) -> Parent:
-        """The parent for the calling thread when its context holds none. Any thread.
-
-        ipykernel 6.29's ``IPythonKernel`` records, as each thread starts, the
-        cell that was running when a thread of the kernel's own started it
-        (``_thread_to_parent_header[ident]``), or the thread that started it
-        (``_thread_to_parent[ident]``), and removes the entries of finished
-        threads. Output of a thread then goes to its oldest recorded ancestor's
-        cell, else to the global parent, as 6.29's own OutStream routes it. A
-        cycle (a thread ident reused while its entry was kept) ends the walk.
-        """
-        writer = self._writer
-        links = writer.thread_links
-        ident: int | None = _get_ident()
-        for _ in range(len(links)):
-            if ident not in links:
-                break
-            ident = links.get(ident, ident)  # (another thread may remove it meanwhile)
-        return writer.thread_headers.get(ident, writer.parent_global)
+        return self._writer.current_parent()
 
     @property
     def _thread_to_parent_header(self) -> dict[int | None, Parent]:
@@ -573,7 +560,7 @@ class OutStream(io.TextIOBase):
         elif ticket:
             self._flush_pending = True
             if self._arm_flush():
-                group.mark_hot(_monotonic(), ticket)
+                group.license(_monotonic(), ticket)
         elif group.backlog() > self.max_buffer_chars:
             self.flush()
 

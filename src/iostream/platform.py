@@ -32,7 +32,6 @@ __all__ = [
     "CAN_CAPTURE_FDS",
     "CAN_ENLARGE_PIPE",
     "CAN_FORK",
-    "FORCED",
     "PLATFORM",
     "decide",
 ]
@@ -66,8 +65,6 @@ def decide(real: str, override: str | None) -> tuple[str, bool]:
 _DECIDED = decide(sys.platform, os.environ.get(ENV_VAR))
 #: The platform whose paths the library takes: ``sys.platform`` unless forced.
 PLATFORM: Final[str] = _DECIDED[0]
-#: Whether ``IOSTREAM_PLATFORM`` chose :data:`PLATFORM`.
-FORCED: Final[bool] = _DECIDED[1]
 
 #: File descriptors can be captured through a pipe (Linux, macOS).
 CAN_CAPTURE_FDS: Final[bool] = PLATFORM.startswith(("linux", "darwin"))

@@ -90,16 +90,11 @@ class StreamGroup:
         self.forked = True
         self._renew()
 
-    @property
-    def hot(self) -> bool:
-        """Whether the write fast path is licensed (see the class). Any thread."""
-        return self.flow.licensed
-
     def take(self, now: float, owner: int | None = None, keep_licence: bool = False) -> list[Chunk]:
         """Remove the pending text (of ``owner`` only, if given). Any thread.
 
         ``keep_licence``: a flush that is not the promised one (the timer still
-        comes) leaves a ``hot`` licence in force, so writes after it need not
+        comes) leaves the licence in force, so writes after it need not
         arm again.
         """
         return locked(self.lock, self._take, now, owner, keep_licence)
@@ -219,11 +214,11 @@ class StreamGroup:
         if owed_at is not None:
             self.owe(owed_at)
 
-    def mark_hot(self, now: float, ticket: int) -> None:
+    def license(self, now: float, ticket: int) -> None:
         """The timer of promise ``ticket`` is scheduled: license the fast path. Any thread."""
-        locked(self.lock, self._mark_hot, now, ticket)
+        locked(self.lock, self._license, now, ticket)
 
-    def _mark_hot(self, now: float, ticket: int) -> None:
+    def _license(self, now: float, ticket: int) -> None:
         self.flow.handle(Event.TIMER_SET, now, ticket=ticket)
 
     def pack_parent(self, parent: Parent) -> bytes:

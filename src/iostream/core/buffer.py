@@ -185,10 +185,6 @@ class OutputBuffer:
         for owner, parent, text in zip(owners, parents, texts, strict=True):
             self.append(owner, parent, text)
 
-    def pending_for(self, owner: int) -> bool:
-        """Whether ``owner`` has text waiting."""
-        return any(run.owner == owner for run in self._runs)
-
     def drain(
         self, owner: int | None = None, limits: Mapping[int, int] | None = None
     ) -> list[Chunk]:

@@ -211,11 +211,6 @@ class FlushState:
         self.licensed = new is Phase.LICENSED
         return made
 
-    @property
-    def promised(self) -> bool:
-        """Whether a flush is promised (PROMISED or LICENSED)."""
-        return self.phase is not Phase.IDLE
-
     def _after_idle(self, interval: float) -> bool:
         """Whether the promise is for output after an idle period."""
         last = self._last_flush
