@@ -130,7 +130,7 @@ def test_a_timer_set_after_a_new_parent_does_not_license_the_old_promise() -> No
 
 def test_nothing_is_due_without_a_promise() -> None:
     state = FlushState()
-    assert state.due_in(5.0, 100, INTERVAL) is None
+    assert state.on_timer(5.0, 100, INTERVAL) is None
     assert state.due_at(INTERVAL) == math.inf
 
 
@@ -138,7 +138,7 @@ def test_first_output_after_idle_is_due_almost_at_once() -> None:
     state = FlushState(idle_delay=0.002)
     state.handle(Event.WRITE, 100.0, interval=INTERVAL)
     assert state.due_at(INTERVAL) == pytest.approx(100.002)
-    assert state.due_in(100.002, 5, INTERVAL) == 0
+    assert state.on_timer(100.002, 5, INTERVAL) == 0
     state.handle(Event.TOOK_TEXT, 100.0)
     state.handle(Event.FLUSH, 100.0)
     state.handle(Event.WRITE, 100.5, interval=INTERVAL)
@@ -150,10 +150,37 @@ def test_sustained_output_is_batched_per_interval() -> None:
     state.handle(Event.TOOK_TEXT, 10.0)
     state.handle(Event.WRITE, 10.05, interval=INTERVAL)
     assert state.due_at(INTERVAL) == pytest.approx(10.2)
-    # small output: not due before the interval ends; ask again after quiet_gap
-    assert state.due_in(10.06, 100, INTERVAL) == pytest.approx(0.01)
-    assert state.due_in(10.15, 200, INTERVAL) == pytest.approx(0.01)
-    assert state.due_in(10.2, 300, INTERVAL) == 0
+    # small output, growing slowly: not due before the interval ends, and nothing
+    # to watch meanwhile (it would reach a burst long after): the timer sleeps
+    # until the due time, no polling
+    assert state.on_timer(10.06, 100, INTERVAL) == pytest.approx(0.14)
+    assert state.on_timer(10.15, 200, INTERVAL) == pytest.approx(0.05)
+    assert state.on_timer(10.2, 300, INTERVAL) == 0
+
+
+def test_the_timer_is_set_once_for_the_due_time_when_nothing_is_pending() -> None:
+    """After an explicit flush took everything (the licence kept), the timer has
+    nothing to watch: it fires once, at the due time, not every quiet_gap."""
+    state = FlushState(quiet_gap=0.01)
+    state.handle(Event.TOOK_TEXT, 10.0)
+    ticket = state.handle(Event.WRITE, 10.01, interval=INTERVAL)
+    state.handle(Event.TIMER_SET, 10.01, ticket=ticket)
+    state.handle(Event.KEEP_FLUSH, 10.02)
+    state.handle(Event.TOOK_TEXT, 10.02)
+    assert state.on_timer(10.02, 0, INTERVAL) == pytest.approx(0.2)
+    assert state.on_timer(10.22, 0, INTERVAL) == 0
+
+
+def test_a_backlog_growing_towards_a_burst_is_looked_at_when_it_would_be_one() -> None:
+    state = FlushState(quiet_gap=0.01, burst_chars=10_000)
+    state.handle(Event.TOOK_TEXT, 10.0)
+    state.handle(Event.WRITE, 10.0, interval=INTERVAL)
+    # 1,000 characters in 10 ms: 9,000 more take 90 ms at that rate
+    assert state.on_timer(10.01, 1_000, INTERVAL) == pytest.approx(0.09)
+    # a burst now, still growing: watch it go quiet every quiet_gap
+    assert state.on_timer(10.1, 20_000, INTERVAL) == pytest.approx(0.01)
+    # quiet for quiet_gap: due now, well before the interval ends
+    assert state.on_timer(10.11, 20_000, INTERVAL) == 0
 
 
 def test_a_new_cells_first_output_is_not_held_by_the_previous_cells_batching() -> None:
@@ -166,7 +193,7 @@ def test_a_new_cells_first_output_is_not_held_by_the_previous_cells_batching() -
     # The next cell starts: its first write is due at the idle delay, not at 10.2.
     state.handle(Event.NEW_PARENT, 10.06)
     assert state.handle(Event.WRITE, 10.07, interval=INTERVAL)
-    assert state.due_in(10.07, 10, INTERVAL) == pytest.approx(state.idle_delay)
+    assert state.on_timer(10.07, 10, INTERVAL) == pytest.approx(state.idle_delay)
     # Its output after that first flush is batched again.
     state.handle(Event.FLUSH, 10.072)
     state.handle(Event.TOOK_TEXT, 10.072)
@@ -216,10 +243,10 @@ def test_a_large_burst_that_went_quiet_is_flushed_early() -> None:
     state.handle(Event.TOOK_TEXT, 10.0)
     state.handle(Event.WRITE, 10.01, interval=INTERVAL)
     # still growing: wait until it goes quiet
-    assert state.due_in(10.049, 5000, INTERVAL) == pytest.approx(0.01)
-    assert state.due_in(10.055, 5000, INTERVAL) == pytest.approx(0.004)
+    assert state.on_timer(10.049, 5000, INTERVAL) == pytest.approx(0.01)
+    assert state.on_timer(10.055, 5000, INTERVAL) == pytest.approx(0.004)
     # quiet for quiet_gap: due now, well before the interval ends
-    assert state.due_in(10.06, 5000, INTERVAL) == 0
+    assert state.on_timer(10.06, 5000, INTERVAL) == 0
 
 
 def test_output_after_idle_waits_for_an_unfinished_line_to_end() -> None:
@@ -230,9 +257,9 @@ def test_output_after_idle_waits_for_an_unfinished_line_to_end() -> None:
     state.handle(Event.WRITE, 10.0, interval=INTERVAL)
     assert state.waits_for_line_end(10, INTERVAL)
     assert state.due_at(INTERVAL, unfinished_line=True) == pytest.approx(10.052)
-    assert state.due_in(10.002, 10, INTERVAL, unfinished_line=True) == pytest.approx(0.01)
+    assert state.on_timer(10.002, 10, INTERVAL, unfinished_line=True) == pytest.approx(0.01)
     # the newline came: due at once (the idle delay has passed)
-    assert state.due_in(10.012, 11, INTERVAL, unfinished_line=False) == 0
+    assert state.on_timer(10.012, 11, INTERVAL, unfinished_line=False) == 0
 
 
 def test_an_unfinished_line_is_held_for_line_wait_at_most() -> None:
@@ -240,8 +267,8 @@ def test_an_unfinished_line_is_held_for_line_wait_at_most() -> None:
     streams' first output for ``line_wait`` at most, and never an interval."""
     state = FlushState(idle_delay=0.002, quiet_gap=0.01, line_wait=0.05)
     state.handle(Event.WRITE, 10.0, interval=INTERVAL)
-    assert state.due_in(10.045, 10, INTERVAL, unfinished_line=True) == pytest.approx(0.007)
-    assert state.due_in(10.052, 10, INTERVAL, unfinished_line=True) == 0
+    assert state.on_timer(10.045, 10, INTERVAL, unfinished_line=True) == pytest.approx(0.007)
+    assert state.on_timer(10.052, 10, INTERVAL, unfinished_line=True) == 0
     state = FlushState(idle_delay=0.002, line_wait=0.05)
     state.handle(Event.WRITE, 10.0, interval=0.02)
     assert state.due_at(0.02, unfinished_line=True) == pytest.approx(10.02)
@@ -251,9 +278,9 @@ def test_a_burst_is_not_held_for_its_line_end() -> None:
     state = FlushState(idle_delay=0.002, quiet_gap=0.01, burst_chars=1000)
     state.handle(Event.WRITE, 10.0, interval=INTERVAL)
     assert not state.waits_for_line_end(1000, INTERVAL)
-    state.due_in(10.002, 1000, INTERVAL, unfinished_line=True)  # (it grew: watch it)
+    state.on_timer(10.002, 1000, INTERVAL, unfinished_line=True)  # (it grew: watch it)
     # quiet for quiet_gap: due, unfinished line or not (not held for line_wait)
-    assert state.due_in(10.012, 1000, INTERVAL, unfinished_line=True) == 0
+    assert state.on_timer(10.012, 1000, INTERVAL, unfinished_line=True) == 0
 
 
 def test_batched_output_does_not_wait_for_line_ends() -> None:
@@ -275,10 +302,10 @@ def test_a_growing_burst_waits_until_it_goes_quiet_or_for_burst_wait() -> None:
     now = 10.01
     while now < 11.0:  # growing at every check: not due at the interval (10.2)
         pending += 10_000
-        wait = state.due_in(now, pending, INTERVAL)
+        wait = state.on_timer(now, pending, INTERVAL)
         assert wait is not None and 0 < wait <= 0.01
         now += wait
-    assert state.due_in(11.01, pending + 1, INTERVAL) == 0  # burst_wait after the promise
+    assert state.on_timer(11.01, pending + 1, INTERVAL) == 0  # burst_wait after the promise
     assert state.due_at(INTERVAL, burst=True) == pytest.approx(11.01)
     assert state.due_at(30.0, burst=True) == pytest.approx(40.01)  # never before an interval
 
@@ -322,8 +349,8 @@ def test_due_in_never_postpones_past_the_due_time(
     state.handle(Event.TOOK_TEXT, promised_at - flushed_ago)
     state.handle(Event.WRITE, promised_at, interval=interval)
     now = promised_at + age
-    state.due_in(now - grew_ago, pending, interval, unfinished_line=unfinished)
-    wait = state.due_in(now, pending, interval, unfinished_line=unfinished)
+    state.on_timer(now - grew_ago, pending, interval, unfinished_line=unfinished)
+    wait = state.on_timer(now, pending, interval, unfinished_line=unfinished)
     assert wait is not None and wait >= 0
     burst = pending >= state.burst_chars
     assert now + wait <= max(now, state.due_at(interval, unfinished, burst)) + 1e-9
@@ -396,7 +423,7 @@ class FlushMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.timer_scheduled)
     @rule()
     def timer_fires(self) -> None:
-        wait = self.state.due_in(self.now, self.pending, INTERVAL)
+        wait = self.state.on_timer(self.now, self.pending, INTERVAL)
         if wait is None:
             self.timer_scheduled = False  # flushed meanwhile: the timer ends
             return

@@ -582,7 +582,7 @@ class OutStream(io.TextIOBase):
         """Flush if due, else check again when it may be. IO thread only."""
         thread = self._link
         assert thread is not None  # (only a thread runs timers)
-        delay = self._group.delay(_monotonic(), self.flush_interval)
+        delay = self._group.on_timer(_monotonic(), self.flush_interval)
         if delay is None:
             return  # flushed meanwhile
         if delay <= 0 or thread.stopping:

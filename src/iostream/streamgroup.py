@@ -119,9 +119,9 @@ class StreamGroup:
             if type(getattr(member, "max_message_chars", None)) is int
         }
 
-    def delay(self, now: float, interval: float) -> float | None:
-        """Seconds until the promised flush is due (0: now); None if none is
-        promised. Any thread."""
+    def on_timer(self, now: float, interval: float) -> float | None:
+        """The timer fired: seconds until it should fire again (0: flush now);
+        None if no flush is promised (see the policy's ``on_timer``). Any thread."""
         with self.lock:
             unfinished = False
             if self.flow.waits_for_line_end(self.backlog(), interval):
@@ -129,7 +129,7 @@ class StreamGroup:
                 # its line ends costs little and stays within the memory bound.
                 self._absorb_incoming()
                 unfinished = self.buffer.unfinished_line()
-            return self.flow.due_in(now, self.backlog(), interval, unfinished_line=unfinished)
+            return self.flow.on_timer(now, self.backlog(), interval, unfinished_line=unfinished)
 
     def promise(self, now: float, interval: float, text: bool = True) -> int:
         """Promise a flush for text just queued unless one is; return the new

@@ -56,7 +56,7 @@ The caller tells NEW_PARENT once more when the thread that set the new parent
 printing into the new cell may have had its first text flushed already, and the
 cell's own first line must not then wait for the batching interval.
 
-The timing rules (:meth:`FlushState.due_in`):
+The timing rules (:meth:`FlushState.due_at`; the timer asks :meth:`FlushState.on_timer`):
 
 * output after an idle period (no flush for an ``interval``, or none since the
   latest NEW_PARENT) is due ``idle_delay`` (2 ms) after it was promised, once
@@ -115,6 +115,7 @@ class FlushState:
     __slots__ = (
         "_grew_at",
         "_last_flush",
+        "_seen_at",
         "_seen_pending",
         "burst_chars",
         "burst_wait",
@@ -154,8 +155,9 @@ class FlushState:
         #: A NEW_PARENT came since the current promise was made.
         self.renew = False
         self._last_flush: float | None = None
-        self._seen_pending = -1  # the backlog when due_in last looked
-        self._grew_at = -math.inf  # when due_in last saw the backlog grow
+        self._seen_pending = -1  # the backlog when on_timer last looked (-1: never)
+        self._seen_at = -math.inf  # when on_timer last looked
+        self._grew_at = -math.inf  # when on_timer last saw the backlog grow
 
     def handle(
         self,
@@ -232,7 +234,7 @@ class FlushState:
         ``burst_chars`` or more are pending (see the burst rule)."""
         if self.phase is Phase.IDLE:
             return math.inf
-        if burst:  # (due_in makes it due earlier, once the burst goes quiet)
+        if burst:  # (on_timer makes it due earlier, once the burst goes quiet)
             return self.promised_at + max(self.burst_wait, interval)
         if self._after_idle(interval):
             wait = self.idle_delay + (self.line_wait if unfinished_line else 0.0)
@@ -240,24 +242,44 @@ class FlushState:
         assert self._last_flush is not None  # (not after an idle period)
         return self._last_flush + interval
 
-    def due_in(
+    def on_timer(
         self, now: float, pending: int, interval: float, unfinished_line: bool = False
     ) -> float | None:
-        """Seconds until the promised flush is due (0: now); None if none is promised.
+        """The timer fired at ``now`` with ``pending`` characters waiting: answer
+        in how many seconds it should fire again (0: flush now); None if no flush
+        is promised (the timer ends).
 
-        ``pending`` is the backlog in characters now: growth since the previous
-        call stands in for the time of the latest write (writes read no clock),
-        for the burst rule. ``unfinished_line``: some stream's pending text ends
-        inside a line (only heeded where :meth:`waits_for_line_end`). Never
-        later than :meth:`due_at`.
+        An event, not a query: it records the backlog it was told, whose growth
+        stands in for the time of the latest write (writes read no clock).
+        ``unfinished_line``: some stream's pending text ends inside a line (only
+        heeded where :meth:`waits_for_line_end`). Never later than
+        :meth:`due_at`. The timer is set for the due time, and earlier only to
+        watch something that can make the flush due sooner: a burst going quiet
+        (every ``quiet_gap``), an unfinished line ending (every ``quiet_gap``,
+        for ``line_wait`` at most), or a growing backlog reaching
+        ``burst_chars`` (when it would at the rate it grew since the last look).
         """
         if self.phase is Phase.IDLE:
             return None
+        if self._seen_pending < 0:  # the first look at this promise
+            grown, elapsed = pending, now - self.promised_at
+        else:
+            grown, elapsed = pending - self._seen_pending, now - self._seen_at
         if pending != self._seen_pending:
-            self._seen_pending, self._grew_at = pending, now
+            self._grew_at = now
+        self._seen_pending, self._seen_at = pending, now
         burst = pending >= self.burst_chars
         due = self.due_at(interval, unfinished_line, burst)
         quiet_at = self._grew_at + self.quiet_gap
         if now >= due or (burst and now >= quiet_at):
             return 0.0
-        return max(0.0, min(due, quiet_at if burst else now + self.quiet_gap) - now)
+        if burst:
+            wake = quiet_at
+        elif unfinished_line:
+            wake = now + self.quiet_gap
+        elif grown > 0:
+            to_burst = (self.burst_chars - pending) * max(elapsed, 0.0) / grown
+            wake = now + max(self.quiet_gap, to_burst)
+        else:
+            wake = due
+        return max(0.0, min(due, wake) - now)
