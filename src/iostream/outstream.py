@@ -258,6 +258,8 @@ class OutStream(io.TextIOBase):
         self.session = session
         self.pub_thread = pub_thread
         self._publisher = pub_thread
+        # Where text goes in this process state (see _Sink); swapped at fork.
+        self._sink: _Sink = NO_THREAD if pub_thread is None else ON_THREAD
         # The thread through the protocol of iostream.threadlink (None: no thread).
         self._link: IOThread | None = None if pub_thread is None else link(pub_thread)
         self.name = name
@@ -378,7 +380,7 @@ class OutStream(io.TextIOBase):
     def _after_fast_append(self, string: str) -> None:
         """The fast path appended ``string`` but found the flush gone or the backlog full."""
         if not self._group.flow.licensed:  # taken meanwhile: maybe not with our text
-            self._promise_flush(string)
+            self._sink.buffered(self, string)
         else:
             self.flush()  # bounds memory: the writer waits for the IO thread
 
@@ -424,18 +426,7 @@ class OutStream(io.TextIOBase):
             and not capture.sync(self.flush_timeout)
         ):
             print("IOStream.flush timed out", file=sys.__stderr__)
-        if self._in_piping_child():
-            self._flush()  # hands the text to the parent's channel, on this thread
-            if thread is not None and not thread.wait_delivered(max(0.0, deadline - _monotonic())):
-                print("IOStream.flush timed out", file=sys.__stderr__)
-            return
-        if thread is None or thread.on_io_thread() or not thread.running:
-            self._run_on(thread, self._flush)
-            return
-        done = Completion()
-        thread.schedule(self._flush)
-        thread.schedule(done.set)
-        if not done.wait(max(0.0, deadline - _monotonic())):
+        if not self._sink.flush(self, deadline):
             print("IOStream.flush timed out", file=sys.__stderr__)
 
     def close(self) -> None:
@@ -532,41 +523,11 @@ class OutStream(io.TextIOBase):
         ``from_child``: the text is lines a forked child wrote (see
         :meth:`~iostream.core.OutputBuffer.insert_lines`); IO thread only.
         """
-        group = self._group
         if from_child:
-            group.add_lines(self._owner, parent, text)
+            self._group.add_lines(self._owner, parent, text)
         else:
-            group.add(self._owner, parent, text)
-        if group.forked and self._publisher is not None:
-            # A forked child is line-buffered, as a terminal is: complete lines go
-            # to the parent at once (which batches them; pools kill their workers
-            # without a flush), a partial line at the next newline, flush() or
-            # exit. Whole lines keep children writing at once from interleaving.
-            if "\n" in text:
-                self._publish_complete_lines()
-            elif group.backlog() > self.max_message_chars:
-                self._flush()
-        else:
-            self._promise_flush(text)
-
-    def _promise_flush(self, text: str) -> None:
-        """Make sure a flush will come for ``text``, just queued. Any thread."""
-        group = self._group
-        self._writer.limit = self.max_buffer_chars
-        ticket = group.promise(_monotonic(), self.flush_interval, bool(text))
-        if self._publisher is None:
-            if "\n" in text:
-                self._publish_complete_lines()
-        elif ticket:
-            self._flush_pending = True
-            if self._arm_flush():
-                group.license(_monotonic(), ticket)
-        elif group.backlog() > self.max_buffer_chars:
-            self.flush()
-
-    def _in_piping_child(self) -> bool:
-        """Whether this is a forked child whose thread pipes output to the parent."""
-        return self._group.forked and self._link is not None and self._link.pipes_to_parent
+            self._group.add(self._owner, parent, text)
+        self._sink.buffered(self, text)
 
     def _arm_flush(self) -> bool:
         """Have the IO thread's timer flush; True if it will (else flushed here)."""
@@ -732,10 +693,11 @@ class OutStream(io.TextIOBase):
 
     def _publish_text(self, parent: Parent, text: str) -> None:
         """Send ``text`` as one or more stream messages. Never raises."""
-        text = make_publishable(text)
-        if self._in_piping_child():
-            self._send_to_parent(parent, text)
-            return
+        self._sink.publish(self, parent, make_publishable(text))
+
+    def _send_messages(self, parent: Parent, text: str) -> None:
+        """Send ``text`` as stream messages of at most ``max_message_chars``,
+        through :meth:`_send`. Never raises."""
         for piece in split_text(text, self.max_message_chars):
             content = {"name": self.name, "text": piece}
             try:
@@ -786,6 +748,8 @@ class OutStream(io.TextIOBase):
     def _after_fork_in_child(self) -> None:
         # (forksafety) The session's pid is the parent's until the next send.
         self._session_pid_set = False
+        if self._publisher is not None:
+            self._sink = FORKED_CHILD
 
     def _run_hook(self, hook: Hook, msg: dict[str, Any]) -> dict[str, Any] | None:
         try:
@@ -921,3 +885,101 @@ def _io_publish_pending(group: StreamGroup) -> None:
         stream = next(iter(group.live_members()), None)
         if stream is not None:
             stream._flush_whole_group()
+
+
+# -- the output path, chosen once per process state -----------------------------
+
+
+class _Sink:
+    """Where a stream's text goes in one process state, chosen when the stream
+    is made and swapped at fork, so the write and flush paths ask no mode
+    questions: no thread (publish on the writing thread), an IO thread (promise
+    a flush to its timer), a forked child (hand lines to the parent). Stateless:
+    one instance of each, shared by every stream."""
+
+    def buffered(self, stream: OutStream, text: str) -> None:
+        """``text`` was queued in the stream's group: see that it gets published."""
+        raise NotImplementedError
+
+    def flush(self, stream: OutStream, deadline: float) -> bool:
+        """Publish what is pending; whether that was done by ``deadline``."""
+        raise NotImplementedError
+
+    def publish(self, stream: OutStream, parent: Parent, text: str) -> None:
+        """Send ``text``, taken from the buffer, on its way. Never raises."""
+        stream._send_messages(parent, text)
+
+
+class _NoThread(_Sink):
+    """No IO thread (``OutStream(session, None, name)``): the writing thread
+    publishes through ``session.send`` at each newline, ``flush()`` and ``close()``."""
+
+    def buffered(self, stream: OutStream, text: str) -> None:
+        stream._group.promise(_monotonic(), stream.flush_interval, bool(text))
+        if "\n" in text:
+            stream._publish_complete_lines()
+
+    def flush(self, stream: OutStream, deadline: float) -> bool:
+        stream._flush()
+        return True
+
+
+class _OnThread(_Sink):
+    """An IO thread publishes: a write promises a flush to the thread's timer
+    (the policy says when it is due); ``flush()`` waits for the thread. While
+    the thread is not running (before ``start``, after ``stop``) calls run
+    inline, serialised by the thread."""
+
+    def buffered(self, stream: OutStream, text: str) -> None:
+        group = stream._group
+        stream._writer.limit = stream.max_buffer_chars
+        ticket = group.promise(_monotonic(), stream.flush_interval, bool(text))
+        if ticket:
+            stream._flush_pending = True
+            if stream._arm_flush():
+                group.license(_monotonic(), ticket)
+        elif group.backlog() > stream.max_buffer_chars:
+            stream.flush()  # bounds memory: the writer waits for the IO thread
+
+    def flush(self, stream: OutStream, deadline: float) -> bool:
+        thread = stream._link
+        if thread is None or thread.on_io_thread() or not thread.running:
+            stream._run_on(thread, stream._flush)
+            return True
+        done = Completion()
+        thread.schedule(stream._flush)
+        thread.schedule(done.set)
+        return done.wait(max(0.0, deadline - _monotonic()))
+
+
+class _ForkedChild(_Sink):
+    """A forked child of a process whose streams publish through a thread. It is
+    line-buffered, as a terminal is: complete lines go to the parent at once
+    (which batches them; pools kill their workers without a flush), a partial
+    line at the next newline, ``flush()`` or exit. Whole lines keep children
+    writing at once from interleaving. With ``pipe=True`` the text goes to the
+    parent's channel, on the writing thread; ``flush()`` returns once the parent
+    has it."""
+
+    def buffered(self, stream: OutStream, text: str) -> None:
+        if "\n" in text:
+            stream._publish_complete_lines()
+        elif stream._group.backlog() > stream.max_message_chars:
+            stream._flush()
+
+    def flush(self, stream: OutStream, deadline: float) -> bool:
+        stream._flush()  # hands the text to the parent's channel, on this thread
+        thread = stream._link
+        return thread is None or thread.wait_delivered(max(0.0, deadline - _monotonic()))
+
+    def publish(self, stream: OutStream, parent: Parent, text: str) -> None:
+        thread = stream._link
+        if thread is not None and thread.pipes_to_parent:
+            stream._send_to_parent(parent, text)
+        else:  # (no channel: the thread says why it drops the message)
+            stream._send_messages(parent, text)
+
+
+NO_THREAD: _Sink = _NoThread()
+ON_THREAD: _Sink = _OnThread()
+FORKED_CHILD: _Sink = _ForkedChild()
