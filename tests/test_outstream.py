@@ -521,6 +521,25 @@ def test_a_thread_printing_into_a_cell_that_has_not_printed_is_batched(
     assert len(kernel.receiver.streams()) <= 4, kernel.receiver.summary()
 
 
+def test_a_burst_that_starts_while_the_timer_sleeps_goes_out_once_quiet(
+    kernel: Kernelish,
+) -> None:
+    """The flush timer sleeps until the due time (no polling); a burst (64 Ki
+    characters or more) written meanwhile must still go out once it has been
+    quiet for a moment, not at the end of the batching interval (30 s here):
+    the writer that passes the mark wakes the timer."""
+    out = kernel.stream()
+    out.flush_interval = 30.0
+    out.write("a\n")
+    out.flush()
+    kernel.receiver.wait_for_text("a\n")
+    out.write("b")  # a promise, due 30 s after the flush: the timer sleeps
+    time.sleep(0.1)
+    for _ in range(100):
+        out.write("x" * 1000)
+    kernel.receiver.wait_for_text("a\nb" + "x" * 100_000, timeout=10)
+
+
 def test_thread_parent_and_global_fallback(kernel: Kernelish) -> None:
     stream = kernel.stream()
     stream.set_parent(_msg("global"))

@@ -171,16 +171,20 @@ def test_the_timer_is_set_once_for_the_due_time_when_nothing_is_pending() -> Non
     assert state.on_timer(10.22, 0, INTERVAL) == 0
 
 
-def test_a_backlog_growing_towards_a_burst_is_looked_at_when_it_would_be_one() -> None:
+def test_a_backlog_below_a_burst_is_watched_by_the_writers_not_the_timer() -> None:
+    """Below ``burst_chars`` the timer sleeps until the due time and names the
+    backlog past which a writer must wake it (``wake_backlog``); a burst is then
+    watched by the timer itself, every quiet_gap, until it goes quiet."""
     state = FlushState(quiet_gap=0.01, burst_chars=10_000)
     state.handle(Event.TOOK_TEXT, 10.0)
     state.handle(Event.WRITE, 10.0, interval=INTERVAL)
-    # 1,000 characters in 10 ms: 9,000 more take 90 ms at that rate
-    assert state.on_timer(10.01, 1_000, INTERVAL) == pytest.approx(0.09)
-    # a burst now, still growing: watch it go quiet every quiet_gap
-    assert state.on_timer(10.1, 20_000, INTERVAL) == pytest.approx(0.01)
+    assert state.on_timer(10.01, 1_000, INTERVAL) == pytest.approx(0.19)
+    assert state.wake_backlog == 10_000
+    # a writer passed the mark and woke the timer: a burst, still growing
+    assert state.on_timer(10.05, 20_000, INTERVAL) == pytest.approx(0.01)
+    assert state.wake_backlog == math.inf
     # quiet for quiet_gap: due now, well before the interval ends
-    assert state.on_timer(10.11, 20_000, INTERVAL) == 0
+    assert state.on_timer(10.06, 20_000, INTERVAL) == 0
 
 
 def test_a_new_cells_first_output_is_not_held_by_the_previous_cells_batching() -> None:
@@ -336,7 +340,7 @@ def test_a_kept_licence_keeps_the_promise_and_its_due_time() -> None:
     st.booleans(),
     st.floats(0, 1),
 )
-def test_due_in_never_postpones_past_the_due_time(
+def test_on_timer_never_postpones_past_the_due_time(
     promised_at: float,
     age: float,
     grew_ago: float,

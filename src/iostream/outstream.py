@@ -41,6 +41,7 @@ import contextvars
 import functools
 import io
 import logging
+import math
 import os
 import sys
 import threading
@@ -164,8 +165,8 @@ class _FastWriter:
             ):
                 size = len(string)
                 group.incoming.extend((self.owner, self.current_parent(), string))
-                group.incoming_chars += size
-                if group.flow.licensed and group.incoming_chars <= self.limit:
+                queued = group.incoming_chars = group.incoming_chars + size
+                if group.flow.licensed and queued <= self.limit and queued <= group.wake_incoming:
                     return size
                 self.stream._after_fast_append(string)
                 return size
@@ -193,6 +194,8 @@ class _FastWriter:
                 if queued is not None:
                     if queued > self.limit:
                         self.stream.flush()  # bounds memory: wait for the IO thread
+                    elif queued > group.wake_incoming:
+                        self.stream._wake_timer()
                     return len(string)
         return self.stream._write_checked(string)
 
@@ -379,10 +382,21 @@ class OutStream(io.TextIOBase):
 
     def _after_fast_append(self, string: str) -> None:
         """The fast path appended ``string`` but found the flush gone or the backlog full."""
-        if not self._group.flow.licensed:  # taken meanwhile: maybe not with our text
+        group = self._group
+        if not group.flow.licensed:  # taken meanwhile: maybe not with our text
             self._sink.buffered(self, string)
-        else:
+        elif group.incoming_chars > self._writer.limit:
             self.flush()  # bounds memory: the writer waits for the IO thread
+        else:
+            self._wake_timer()
+
+    def _wake_timer(self) -> None:
+        """The backlog passed the policy's watch mark: have the timer look at it
+        now rather than at the due time (a burst may be published early). Any thread."""
+        self._group.wake_incoming = math.inf  # (the timer sets it again: one wake-up)
+        thread = self._link
+        if thread is not None and thread.running:
+            thread.schedule(self._io_on_timer)
 
     def _write_checked(self, string: str) -> int:
         """``write`` with every check; the path for all but the common case."""
@@ -940,6 +954,8 @@ class _OnThread(_Sink):
                 group.license(_monotonic(), ticket)
         elif group.backlog() > stream.max_buffer_chars:
             stream.flush()  # bounds memory: the writer waits for the IO thread
+        elif group.past_watch():
+            stream._wake_timer()
 
     def flush(self, stream: OutStream, deadline: float) -> bool:
         thread = stream._link

@@ -73,6 +73,9 @@ class StreamGroup:
         # several threads may lose updates; every move into ``buffer`` resets it).
         self.incoming_chars = 0
         self.flow = FlushState(licensable=not self.forked)
+        # ``incoming_chars`` past which a writer has the timer look at once: the
+        # policy's ``wake_backlog`` less what ``buffer`` holds (see _rewatch).
+        self.wake_incoming: float = self.flow.wake_backlog
         self.packed_parent: tuple[Parent | None, bytes] = (None, b"{}")
         # The key (core.parent_key) of the parent set last with set_parent.
         self.latest_parent_key: object = None
@@ -108,7 +111,13 @@ class StreamGroup:
         chunks = self.buffer.drain(owner, None if self.forked else self._message_limits())
         if chunks:
             self.flow.handle(Event.TOOK_TEXT, now)
+        self._rewatch()
         return chunks
+
+    def _rewatch(self) -> None:
+        """Renew ``wake_incoming`` after ``buffer`` or the policy's watch mark
+        changed. Lock held."""
+        self.wake_incoming = self.flow.wake_backlog - self.buffer.pending_chars
 
     def _message_limits(self) -> dict[int, int]:
         """Each member's ``max_message_chars``: text is cut into messages as it is
@@ -129,7 +138,9 @@ class StreamGroup:
                 # its line ends costs little and stays within the memory bound.
                 self._absorb_incoming()
                 unfinished = self.buffer.unfinished_line()
-            return self.flow.on_timer(now, self.backlog(), interval, unfinished_line=unfinished)
+            delay = self.flow.on_timer(now, self.backlog(), interval, unfinished_line=unfinished)
+            self._rewatch()
+            return delay
 
     def promise(self, now: float, interval: float, text: bool = True) -> int:
         """Promise a flush for text just queued unless one is; return the new
@@ -142,9 +153,16 @@ class StreamGroup:
         if awaiting and text and threading.get_ident() in awaiting:
             # The cell's own first text: not held by the batching of text that
             # threads printed into the cell before it (NEW_PARENT once more).
-            awaiting.discard(threading.get_ident())
             self.flow.handle(Event.NEW_PARENT, now)
+            ticket = self.flow.handle(Event.WRITE, now, interval=interval)
+            awaiting.discard(threading.get_ident())
+            return ticket
         return self.flow.handle(Event.WRITE, now, interval=interval)
+
+    def past_watch(self) -> bool:
+        """Whether the backlog passed the policy's watch mark (``wake_backlog``):
+        the timer should look at it now. Any thread; a hint, read without the lock."""
+        return self.incoming_chars > self.wake_incoming
 
     def awaited(self) -> bool:
         """Whether the calling thread set a new parent and has not written under
@@ -188,6 +206,7 @@ class StreamGroup:
         with self.lock:
             self._absorb_incoming()  # (what was written before comes first)
             self.buffer.insert_lines(owner, parent, text)
+            self._rewatch()
 
     def backlog(self) -> int:
         """About how many characters wait to be published. Any thread."""
@@ -213,6 +232,7 @@ class StreamGroup:
             self.buffer.append(chunk.owner, chunk.parent, chunk.text)
         if owed_at is not None:
             self.owe(owed_at)
+        self._rewatch()
 
     def license(self, now: float, ticket: int) -> None:
         """The timer of promise ``ticket`` is scheduled: license the fast path. Any thread."""

@@ -115,7 +115,6 @@ class FlushState:
     __slots__ = (
         "_grew_at",
         "_last_flush",
-        "_seen_at",
         "_seen_pending",
         "burst_chars",
         "burst_wait",
@@ -128,6 +127,7 @@ class FlushState:
         "quiet_gap",
         "renew",
         "ticket",
+        "wake_backlog",
     )
 
     def __init__(
@@ -156,8 +156,10 @@ class FlushState:
         self.renew = False
         self._last_flush: float | None = None
         self._seen_pending = -1  # the backlog when on_timer last looked (-1: never)
-        self._seen_at = -math.inf  # when on_timer last looked
         self._grew_at = -math.inf  # when on_timer last saw the backlog grow
+        #: The backlog past which a writer has the timer fire at once (for the
+        #: burst rule), instead of the timer polling for it.
+        self.wake_backlog: float = burst_chars
 
     def handle(
         self,
@@ -247,28 +249,25 @@ class FlushState:
     ) -> float | None:
         """The timer fired at ``now`` with ``pending`` characters waiting: answer
         in how many seconds it should fire again (0: flush now); None if no flush
-        is promised (the timer ends).
+        is promised (the timer ends). Sets :attr:`wake_backlog`.
 
         An event, not a query: it records the backlog it was told, whose growth
         stands in for the time of the latest write (writes read no clock).
         ``unfinished_line``: some stream's pending text ends inside a line (only
         heeded where :meth:`waits_for_line_end`). Never later than
         :meth:`due_at`. The timer is set for the due time, and earlier only to
-        watch something that can make the flush due sooner: a burst going quiet
-        (every ``quiet_gap``), an unfinished line ending (every ``quiet_gap``,
-        for ``line_wait`` at most), or a growing backlog reaching
-        ``burst_chars`` (when it would at the rate it grew since the last look).
+        watch what can make the flush due sooner: a burst going quiet, or an
+        unfinished line ending (every ``quiet_gap``; a line for ``line_wait`` at
+        most). A backlog that is not a burst yet is watched by the writers
+        instead: past :attr:`wake_backlog` they have the timer fire at once.
         """
         if self.phase is Phase.IDLE:
             return None
-        if self._seen_pending < 0:  # the first look at this promise
-            grown, elapsed = pending, now - self.promised_at
-        else:
-            grown, elapsed = pending - self._seen_pending, now - self._seen_at
         if pending != self._seen_pending:
-            self._grew_at = now
-        self._seen_pending, self._seen_at = pending, now
+            self._seen_pending, self._grew_at = pending, now
         burst = pending >= self.burst_chars
+        # (While bursting the timer watches every quiet_gap: no writer need wake it.)
+        self.wake_backlog = math.inf if burst else self.burst_chars
         due = self.due_at(interval, unfinished_line, burst)
         quiet_at = self._grew_at + self.quiet_gap
         if now >= due or (burst and now >= quiet_at):
@@ -277,9 +276,6 @@ class FlushState:
             wake = quiet_at
         elif unfinished_line:
             wake = now + self.quiet_gap
-        elif grown > 0:
-            to_burst = (self.burst_chars - pending) * max(elapsed, 0.0) / grown
-            wake = now + max(self.quiet_gap, to_burst)
         else:
             wake = due
         return max(0.0, min(due, wake) - now)
