@@ -17,7 +17,7 @@ from jupyter_client.session import Session
 from tornado.ioloop import IOLoop
 
 import iostream
-from support import KEY, Kernelish, make_receiver, push_pull_pair
+from support import KEY, Kernelish, make_receiver, push_pull_pair, run_python
 
 
 def test_module_constants(impl: ModuleType) -> None:
@@ -403,3 +403,54 @@ def test_a_thread_reusing_the_dead_io_threads_ident_is_not_the_io_thread(
     if not results:
         pytest.skip("no new thread got the ended IO thread's ident on this system")
     assert results == [(False, False)]
+
+
+STOP_WHILE_ANOTHER_THREAD_FLUSHES = """
+import threading, time, zmq
+from jupyter_client.session import Session
+import iostream
+
+context = zmq.Context()
+pub = context.socket(zmq.PUB)
+pub.bind("tcp://127.0.0.1:*")
+thread = iostream.IOPubThread(pub)  # never started: calls run inline
+session = Session(key=b"key")
+out = iostream.OutStream(session, thread, "stdout", watchfd=False)
+real_send = session.send
+mode = "interrupt"
+flusher = None
+
+def send(*args, **kwargs):
+    global mode, flusher
+    if mode == "interrupt":  # Ctrl-C while publishing: the text is put back
+        mode = None
+        raise KeyboardInterrupt
+    if mode == "stop" and flusher is None:
+        # Another thread flushes while stop() publishes the text put back: it
+        # takes what a call run inline takes, then waits for the publish lock.
+        flusher = threading.Thread(target=out.flush, daemon=True)
+        flusher.start()
+        time.sleep(0.3)
+    return real_send(*args, **kwargs)
+
+session.send = send
+try:
+    out.write("put back\\n")
+except KeyboardInterrupt:
+    pass
+mode = "stop"
+stopper = threading.Thread(target=thread.stop, daemon=True)
+stopper.start()
+stopper.join(10)
+flusher.join(10)
+print("stopped" if not stopper.is_alive() and not flusher.is_alive() else "deadlocked")
+"""
+
+
+def test_stopping_a_thread_that_never_started_while_another_thread_flushes() -> None:
+    """stop() of a thread that never started runs the stop callbacks (the streams'
+    flush) on the caller; they must take the locks in the written order, or a
+    flush on another thread at that moment deadlocks with it."""
+    rc, out, err = run_python(STOP_WHILE_ANOTHER_THREAD_FLUSHES, timeout=60)
+    assert rc == 0, err
+    assert out == "stopped\n", err

@@ -319,7 +319,10 @@ class IOPubThread:
                 self._run_callbacks(self._stopped_callbacks)
                 return
         elif self._state is _State.STOPPED:
-            self._run_callbacks(self._stop_callbacks)
+            # As any call run inline: under _inline_lock, which the lock order
+            # puts before the streams' publish lock that these callbacks take.
+            with self._inline_lock:
+                self._run_callbacks(self._stop_callbacks)
             if self._forked and self._channel is not None:
                 # (A forked child at exit: its text is in the parent's hands first.)
                 self._channel.sync(self._channel.send_timeout)

@@ -14,24 +14,29 @@ through :mod:`iostream.threadlink` only.
 Cross-thread handshakes, stated once. Nothing rests on the GIL except the write
 fast path, which is taken only where the GIL is enabled (:data:`LOCK_FREE_WRITES`):
 
-* the group's ``incoming`` deque and ``flow`` (the flush state) change under the
-  group's ``lock``; only the fast path appends and reads ``flow.licensed``
-  without it;
-* text is handed to the IO thread with ``schedule`` (a deque under the thread's
-  lock); a waiter is released by :class:`~iostream.completion.Completion`;
+* the group's ``incoming`` deque and ``flow`` (the flush policy) change under the
+  group's ``lock``; only the fast path appends to ``incoming`` and reads
+  ``flow.licensed``, ``awaiting`` and ``wake_incoming`` without it;
+* work is handed to the IO thread with ``schedule`` (its guarantee is stated in
+  :mod:`iostream.iothread`); a waiter is released by
+  :class:`~iostream.completion.Completion`;
 * ``publisher_ident`` is stored by the publishing thread under ``publish_lock``
   and compared by others only with their own ident.
 
-The lock order (a thread holding one may take only those after it):
+The lock order of the whole library, stated here only (a thread holding one may
+take only those after it):
 
-1. the thread's ``_inline_lock`` (a call run inline, without a running thread);
-2. the group's ``publish_lock`` (take and publish, in order);
-3. the group's ``lock`` (the buffer, ``incoming`` and ``flow``);
-4. the thread's ``_lock`` (its queue and state), a child channel's send lock, a
-   ``Completion``: leaves, under which nothing else is taken.
+1. the IO thread's ``_inline_lock`` (a call run inline, without a running
+   thread; :meth:`IOPubThread.stop` of a thread that never ran holds it around
+   the stop callbacks too);
+2. a stream group's ``publish_lock`` (take and publish, in order);
+3. a stream group's ``lock`` (the buffer, ``incoming`` and ``flow``);
+4. leaves, under which nothing else is taken: the IO thread's ``_lock`` (its
+   queue and state), fd capture's ``_waiters_lock``, a ``Completion``'s lock.
 
-(``_groups_lock`` is taken alone, when a stream is made.) The group's ``lock`` and
-the thread's ``_lock`` are taken on writing threads through
+Taken alone: ``streamgroup._groups_lock`` (when a stream is made) and
+``threadcontext._lock`` (enable, disable). The group's ``lock``, the thread's
+``_lock`` and fd capture's ``_waiters_lock`` are taken on writing threads through
 :func:`iostream.locking.locked`, so no KeyboardInterrupt can leave them held.
 """
 

@@ -2,7 +2,7 @@
 
 :class:`StreamGroup` is a thin locked wrapper around the sans-IO
 :class:`~iostream.core.OutputBuffer` and :class:`~iostream.core.policy.FlushState`;
-:func:`_group_for` finds the group of a thread (or session). The locks and the
+:func:`group_for` finds the group of a thread (or session). The locks and the
 order in which they are taken are stated in :mod:`iostream.outstream`.
 """
 
@@ -38,8 +38,9 @@ class StreamGroup:
     :class:`~iostream.core.OutputBuffer`) and ``flow`` (the
     :class:`~iostream.core.policy.FlushState`, the promise of a flush and when it
     is due). ``lock`` guards both. Writes from any thread append
-    ``(owner, parent, text)`` to ``incoming``, a deque (no lock: the write fast
-    path), which is moved into ``buffer`` when text is taken. ``timer`` is
+    ``(owner, parent, text)`` to ``incoming``, a deque (under ``lock``, but for
+    the write fast path: see :mod:`iostream.outstream`), which is moved into
+    ``buffer`` when text is taken. ``timer`` is
     IO-thread-only; ``publisher_ident`` names the thread that is publishing, so
     output it produces meanwhile goes to the original stream instead of looping.
 
