@@ -267,3 +267,34 @@ def test_after_the_thread_stops_and_closes_the_process_prints_normally(tmp_path:
     for line in (b"python after close\n", b"fd after close\n", b"child after close\n"):
         assert line in run.stdout, run.stdout
     assert "fd 2 after close" in run.stderr
+
+
+def test_descriptor_lines_never_cut_a_line_python_has_begun(tmp_path: Path) -> None:
+    """``print("after")`` writes "after" and then "\\n"; C code's line that the fd
+    reader takes in between must not land inside that line ("afterfrom C\\n\\n",
+    seen in a real kernel under load): it was complete first, so it goes before."""
+    run = run_scenario(
+        """
+        import os
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        out.write("warm\\n")
+        out.flush()            # a flush just happened: the timer waits a whole interval
+        out.flush_interval = 30.0
+        results = []
+        for i in range(20):
+            out.write(f"after {i}")             # print's text ...
+            os.write(1, f"from C {i}\\n".encode())
+            out._capture.sync(5)                # ... the reader has taken the C line ...
+            out.write("\\n")                    # ... then print's end
+        out.flush()
+        k.wait_for(lambda: "after 19\\n" in k.text(), timeout=10)
+        out.flush_interval = 0.2
+        out.close()
+        report({"text": k.text()})
+        """,
+        tmp_path,
+    )
+    expected = "warm\n" + "".join(f"from C {i}\nafter {i}\n" for i in range(20))
+    assert run.result["text"] == expected, run.result

@@ -270,11 +270,6 @@ class IOPubThread:
         """Whether :meth:`stop` has begun (timers armed now would never fire)."""
         return self._state is _State.STOPPING or self._state is _State.STOPPED
 
-    def _is_new(self) -> bool:
-        """Whether :meth:`start` has not been called yet. Any thread."""
-        with self._lock:
-            return self._state is _State.NEW
-
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:

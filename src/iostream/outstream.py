@@ -479,33 +479,6 @@ class OutStream(io.TextIOBase):
         """What :attr:`parent_header` returns. Any thread."""
         return self._writer.current_parent()
 
-    @property
-    def _thread_to_parent_header(self) -> dict[int | None, Parent]:
-        """Thread ident to the parent its output goes to (ipykernel 6.29's map)."""
-        return self._writer.thread_headers
-
-    @_thread_to_parent_header.setter
-    def _thread_to_parent_header(self, value: dict[int | None, Parent]) -> None:
-        self._writer.thread_headers = value
-
-    @property
-    def _thread_to_parent(self) -> dict[int | None, int | None]:
-        """Thread ident to the ident of the thread that started it (ipykernel 6.29's map)."""
-        return self._writer.thread_links
-
-    @_thread_to_parent.setter
-    def _thread_to_parent(self, value: dict[int | None, int | None]) -> None:
-        self._writer.thread_links = value
-
-    @property
-    def _parent_header_global(self) -> Parent:
-        """The parent of threads and contexts that set none (ipykernel's attribute)."""
-        return self._writer.parent_global
-
-    @_parent_header_global.setter
-    def _parent_header_global(self, value: Parent) -> None:
-        self._writer.parent_global = value
-
     def set_parent(self, parent: Any) -> None:
         """Set the parent for the current context and as the global fallback.
 
@@ -532,17 +505,25 @@ class OutStream(io.TextIOBase):
 
     # -- flushing and publishing ------------------------------------------------
 
+    def _buffer_from_fd(self, text: str) -> None:
+        """Buffer text read from the captured descriptor (C code, subprocesses).
+        The fd reader thread. A line the Python stream has begun (``print``
+        writes its text and its end apart) is never cut by it."""
+        self._buffer_under(self._current_parent(), text, elsewhere=True)
+
     def _buffer_text(self, text: str) -> None:
         """Add text under the current parent and make sure a flush will come."""
         self._buffer_under(self._current_parent(), text)
 
-    def _buffer_under(self, parent: Parent, text: str, from_child: bool = False) -> None:
+    def _buffer_under(self, parent: Parent, text: str, elsewhere: bool = False) -> None:
         """Add text under ``parent`` and make sure a flush will come. Any thread.
 
-        ``from_child``: the text is lines a forked child wrote (see
-        :meth:`~iostream.core.OutputBuffer.insert_lines`); IO thread only.
+        ``elsewhere``: the text was written outside this process's Python
+        streams (by a forked child, or to the captured descriptor): its complete
+        lines go before an unfinished line of ours, never inside it (see
+        :meth:`~iostream.core.OutputBuffer.insert_lines`).
         """
-        if from_child:
+        if elsewhere:
             self._group.add_lines(self._owner, parent, text)
         else:
             self._group.add(self._owner, parent, text)
@@ -682,11 +663,6 @@ class OutStream(io.TextIOBase):
                 if rest:  # (ahead of anything queued meanwhile: written first)
                     group.requeue([Chunk(last.owner, last.parent, rest)], time.monotonic())
             self._publish([chunk for chunk in chunks if chunk.text])
-
-    def _flush_buffers(self) -> Iterator[tuple[dict[str, Any], str]]:
-        """Remove and yield this stream's pending ``(parent, text)`` pairs."""
-        for chunk in self._group.take(time.monotonic(), owner=self._owner):
-            yield dict(chunk.parent), chunk.text
 
     def _publish(self, chunks: list[Chunk]) -> None:
         """Publish ``chunks`` in order. Where a KeyboardInterrupt can strike (a
@@ -845,7 +821,7 @@ class OutStream(io.TextIOBase):
         except Exception:
             fd = _STD_FDS[name]
         self._original_stdstream_fd = fd
-        self._capture = FdCapture(fd, self._buffer_text)
+        self._capture = FdCapture(fd, self._buffer_from_fd)
         self._original_stdstream_copy = self._capture.original_copy
         self._fid = self._capture.read_fd
         self._capture.start(self._watch_pipe_fd)
@@ -869,7 +845,49 @@ class OutStream(io.TextIOBase):
         if self._capture is not None:
             self._capture.read_loop()
 
+    # -- ipykernel compatibility: names that exist only for consumers -----------
+    #
+    # Gathered here (docs/compat.md says who uses each). Besides these methods:
+    # the instance attributes ``_master_pid``, ``_flush_pending``,
+    # ``_subprocess_flush_pending``, ``_should_watch`` and, once fd capture is set
+    # up, ``watch_fd_thread``, ``_fid``, ``_original_stdstream_fd`` and
+    # ``_original_stdstream_copy`` (ipykernel's kernelapp probes the last one with
+    # hasattr and opens it); the class attribute ``_exc``; ``pub_thread``.
+
+    @property
+    def _thread_to_parent_header(self) -> dict[int | None, Parent]:
+        """Thread ident to the parent its output goes to (ipykernel 6.29's map)."""
+        return self._writer.thread_headers
+
+    @_thread_to_parent_header.setter
+    def _thread_to_parent_header(self, value: dict[int | None, Parent]) -> None:
+        self._writer.thread_headers = value
+
+    @property
+    def _thread_to_parent(self) -> dict[int | None, int | None]:
+        """Thread ident to the ident of the thread that started it (ipykernel 6.29's map)."""
+        return self._writer.thread_links
+
+    @_thread_to_parent.setter
+    def _thread_to_parent(self, value: dict[int | None, int | None]) -> None:
+        self._writer.thread_links = value
+
+    @property
+    def _parent_header_global(self) -> Parent:
+        """The parent of threads and contexts that set none (ipykernel's attribute)."""
+        return self._writer.parent_global
+
+    @_parent_header_global.setter
+    def _parent_header_global(self, value: Parent) -> None:
+        self._writer.parent_global = value
+
+    def _flush_buffers(self) -> Iterator[tuple[dict[str, Any], str]]:
+        """Remove and yield this stream's pending ``(parent, text)`` pairs."""
+        for chunk in self._group.take(time.monotonic(), owner=self._owner):
+            yield dict(chunk.parent), chunk.text
+
     def _is_master_process(self) -> bool:
+        """ipykernel's check; the library itself learns of forks from forksafety."""
         return os.getpid() == self._master_pid
 
 
@@ -894,7 +912,7 @@ def _io_receive_child_text(
     if stream is None:
         logger.warning("iostream: dropped %s output of a child: no such stream", name)
         return
-    stream._buffer_under(parent, text, from_child=True)
+    stream._buffer_under(parent, text, elsewhere=True)
 
 
 def _io_publish_pending(group: StreamGroup) -> None:

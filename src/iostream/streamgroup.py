@@ -187,10 +187,6 @@ class StreamGroup:
             self.awaiting.add(setter)
             self.flow.handle(Event.NEW_PARENT, now)
 
-    def owe(self, now: float) -> None:
-        """Text was put back for later: it is owed a flush. Lock held."""
-        self.flow.handle(Event.REQUEUE, now)
-
     def add(self, owner: int, parent: Parent, text: str) -> None:
         """Queue ``text`` in write order. Any thread."""
         locked(self.lock, self.add_locked, owner, parent, text)
@@ -201,9 +197,9 @@ class StreamGroup:
         self.incoming_chars += len(text)
 
     def add_lines(self, owner: int, parent: Parent, text: str) -> None:
-        """Queue lines a forked child wrote to ``owner``'s stream, ahead of an
-        unfinished line of ours (:meth:`~iostream.core.OutputBuffer.insert_lines`).
-        Any thread."""
+        """Queue text written outside ``owner``'s Python stream (a forked child, the
+        captured descriptor): its complete lines go ahead of an unfinished line of
+        ours (:meth:`~iostream.core.OutputBuffer.insert_lines`). Any thread."""
         with self.lock:
             self._absorb_incoming()  # (what was written before comes first)
             self.buffer.insert_lines(owner, parent, text)
@@ -223,7 +219,7 @@ class StreamGroup:
     def requeue(self, chunks: list[Chunk], owed_at: float | None = None) -> None:
         """Put taken but unpublished chunks back ahead of everything pending (they
         were written first). ``owed_at``: the time to note that the text is owed
-        a flush (:meth:`owe`), if it is. Any thread."""
+        a flush, if it is. Any thread."""
         locked(self.lock, self._requeue, chunks, owed_at)
 
     def _requeue(self, chunks: list[Chunk], owed_at: float | None) -> None:
@@ -232,7 +228,7 @@ class StreamGroup:
         for chunk in (*chunks, *pending):
             self.buffer.append(chunk.owner, chunk.parent, chunk.text)
         if owed_at is not None:
-            self.owe(owed_at)
+            self.flow.handle(Event.REQUEUE, owed_at)  # put back for later: owed a flush
         self._rewatch()
 
     def license(self, now: float, ticket: int) -> None:

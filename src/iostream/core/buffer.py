@@ -128,8 +128,9 @@ class OutputBuffer:
         return mine if mine is not None and _unfinished(mine) else None
 
     def insert_lines(self, owner: int, parent: Parent, text: str) -> None:
-        """Add text written elsewhere (a forked child's, to ``owner``'s stream)
-        under ``parent``. Complete lines go before ``owner``'s unfinished line
+        """Add text written elsewhere (by a forked child, or to the descriptor
+        behind ``owner``'s stream) under ``parent``. Complete lines go before
+        ``owner``'s unfinished line
         under that parent, if it has one that nothing but such text wrote last;
         otherwise (text ending inside a line, text continuing the unfinished line
         it left, nothing unfinished) it is added as :meth:`append` adds it."""
