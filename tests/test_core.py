@@ -504,3 +504,21 @@ def test_drain_cuts_big_parts_without_joining_the_run_first() -> None:
     chunks = buffer.drain(limits={1: 25_000})
     assert [len(c.text) for c in chunks] == [20_000, 20_000, 20_000, 10_000]
     assert "".join(c.text for c in chunks) == piece * 7
+
+
+def test_text_from_elsewhere_keeps_its_own_line_per_source() -> None:
+    """A forked child's partial line and the descriptor's complete line: each
+    source's own line stays whole and in order, and one source's complete lines
+    never continue another source's partial line."""
+    buffer = OutputBuffer()
+    parent = {"msg_id": "cell"}
+    buffer.insert_lines(1, parent, "child-part", source="child")
+    buffer.insert_lines(1, parent, "from C\n", source="fd")
+    buffer.insert_lines(1, parent, " rest\n", source="child")
+    assert "".join(c.text for c in buffer.drain()) == "from C\nchild-part rest\n"
+    # The other way round: the descriptor's line stays out of the child's.
+    buffer.append(1, parent, "after")  # Python began a line
+    buffer.insert_lines(1, parent, "from C\n", source="fd")
+    buffer.insert_lines(1, parent, "child line\n", source="child")
+    buffer.append(1, parent, "\n")
+    assert "".join(c.text for c in buffer.drain()) == "from C\nchild line\nafter\n"

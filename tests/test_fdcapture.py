@@ -288,13 +288,26 @@ def test_descriptor_lines_never_cut_a_line_python_has_begun(tmp_path: Path) -> N
             os.write(1, f"from C {i}\\n".encode())
             out._capture.sync(5)                # ... the reader has taken the C line ...
             out.write("\\n")                    # ... then print's end
+        # A read that ends inside a line: its complete lines go first; the rest
+        # then goes on in the order written, on the line it shares with Python's,
+        # as a terminal shows it (never reordered).
+        out.write("py")
+        os.write(1, b"C line\\nC par")
+        out._capture.sync(5)
+        out.write("thon\\n")
+        os.write(1, b"t\\n")
+        out._capture.sync(5)
         out.flush()
-        k.wait_for(lambda: "after 19\\n" in k.text(), timeout=10)
+        k.wait_for(lambda: k.text().endswith("t\\n"), timeout=10)
         out.flush_interval = 0.2
         out.close()
         report({"text": k.text()})
         """,
         tmp_path,
     )
-    expected = "warm\n" + "".join(f"from C {i}\nafter {i}\n" for i in range(20))
+    expected = (
+        "warm\n"
+        + "".join(f"from C {i}\nafter {i}\n" for i in range(20))
+        + "C line\npyC parthon\nt\n"
+    )
     assert run.result["text"] == expected, run.result

@@ -769,3 +769,39 @@ def test_a_childs_flushed_lines_come_before_what_the_parent_prints_after_it(
         line for n in range(10) for line in [*(f"worker {n} {i}" for i in range(500)), f"done {n}"]
     ]
     assert run.result["ok"] and run.result["lines"] == expected
+
+
+@needs_fork
+def test_a_stream_made_in_a_forked_child_is_line_buffered_to_the_parent(tmp_path: Path) -> None:
+    """A stream created in the child (not inherited) takes the child's output path
+    too: its partial line is not published on its own, apart from its end."""
+    run = run_scenario(
+        """
+        import os, time
+        from childkit import Setup, report
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        parents_err = k.module.OutStream(k.session, k.thread, "stderr", watchfd=False)
+        out.set_parent({"header": {"msg_id": "cell"}})
+        pid = os.fork()
+        if pid == 0:
+            err = k.module.OutStream(k.session, k.thread, "stderr", watchfd=False)
+            err.write("made in the child: ")
+            time.sleep(0.2)
+            err.write("one line\\n")
+            err.flush()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        ok = k.wait_for(lambda: "one line" in k.text("stderr"))
+        report({
+            "ok": ok, "status": status,
+            "texts": [
+                m["content"]["text"] for m in k.streams() if m["content"]["name"] == "stderr"
+            ],
+        })
+        """,
+        tmp_path,
+    )
+    r = run.result
+    assert r["ok"] and r["status"] == 0, r
+    assert r["texts"] == ["made in the child: one line\n"], r

@@ -266,8 +266,6 @@ class OutStream(io.TextIOBase):
         self.session = session
         self.pub_thread = pub_thread
         self._publisher = pub_thread
-        # Where text goes in this process state (see _Sink); swapped at fork.
-        self._sink: _Sink = NO_THREAD if pub_thread is None else ON_THREAD
         # The thread through the protocol of iostream.threadlink (None: no thread).
         self._link: IOThread | None = None if pub_thread is None else link(pub_thread)
         self.name = name
@@ -292,6 +290,12 @@ class OutStream(io.TextIOBase):
         self._warned_echo = False
         self._echo: Any = None
         self._group = group_for(pub_thread if pub_thread is not None else session)
+        # Where text goes in this process state (see _Sink); swapped at fork. (A
+        # stream made in a forked child finds its group forked already.)
+        self._sink: _Sink = (
+            NO_THREAD if pub_thread is None else FORKED_CHILD if self._group.forked else ON_THREAD
+        )
+        self._fd_line_open = False  # the fd reader's last read ended inside a line
         self._owner = id(self)
         # Before anything can write (the fd reader below): holds the global parent.
         self._writer = _FastWriter(self)
@@ -507,24 +511,36 @@ class OutStream(io.TextIOBase):
 
     def _buffer_from_fd(self, text: str) -> None:
         """Buffer text read from the captured descriptor (C code, subprocesses).
-        The fd reader thread. A line the Python stream has begun (``print``
-        writes its text and its end apart) is never cut by it."""
-        self._buffer_under(self._current_parent(), text, elsewhere=True)
+        The fd reader thread only. Its complete lines go before a line the Python
+        stream has begun (``print`` writes its text and its end apart), never
+        inside it. Once a read ends inside a line, the descriptor's text goes on in
+        the order written until a read ends a line: it then shares its line with
+        the Python stream's, as on a terminal, and nothing is reordered."""
+        parent = self._current_parent()
+        if self._fd_line_open:
+            self._buffer_under(parent, text)
+        else:
+            lines, rest = complete_lines(text)
+            if lines:
+                self._buffer_under(parent, lines, source="fd")
+            if rest:
+                self._buffer_under(parent, rest)
+        self._fd_line_open = not text.endswith("\n")
 
     def _buffer_text(self, text: str) -> None:
         """Add text under the current parent and make sure a flush will come."""
         self._buffer_under(self._current_parent(), text)
 
-    def _buffer_under(self, parent: Parent, text: str, elsewhere: bool = False) -> None:
+    def _buffer_under(self, parent: Parent, text: str, source: str | None = None) -> None:
         """Add text under ``parent`` and make sure a flush will come. Any thread.
 
-        ``elsewhere``: the text was written outside this process's Python
-        streams (by a forked child, or to the captured descriptor): its complete
-        lines go before an unfinished line of ours, never inside it (see
-        :meth:`~iostream.core.OutputBuffer.insert_lines`).
+        ``source``: the text was written outside this process's Python streams,
+        by a forked child ("child") or to the captured descriptor ("fd"): its
+        complete lines go before an unfinished line of ours, never inside it
+        (see :meth:`~iostream.core.OutputBuffer.insert_lines`).
         """
-        if elsewhere:
-            self._group.add_lines(self._owner, parent, text)
+        if source is not None:
+            self._group.add_lines(self._owner, parent, text, source)
         else:
             self._group.add(self._owner, parent, text)
         self._sink.buffered(self, text)
@@ -912,7 +928,7 @@ def _io_receive_child_text(
     if stream is None:
         logger.warning("iostream: dropped %s output of a child: no such stream", name)
         return
-    stream._buffer_under(parent, text, elsewhere=True)
+    stream._buffer_under(parent, text, source="child")
 
 
 def _io_publish_pending(group: StreamGroup) -> None:

@@ -196,13 +196,13 @@ class StreamGroup:
         self.incoming.extend((owner, parent, text))
         self.incoming_chars += len(text)
 
-    def add_lines(self, owner: int, parent: Parent, text: str) -> None:
+    def add_lines(self, owner: int, parent: Parent, text: str, source: object = None) -> None:
         """Queue text written outside ``owner``'s Python stream (a forked child, the
         captured descriptor): its complete lines go ahead of an unfinished line of
         ours (:meth:`~iostream.core.OutputBuffer.insert_lines`). Any thread."""
         with self.lock:
             self._absorb_incoming()  # (what was written before comes first)
-            self.buffer.insert_lines(owner, parent, text)
+            self.buffer.insert_lines(owner, parent, text, source)
             self._rewatch()
 
     def backlog(self) -> int:

@@ -76,7 +76,7 @@ class OutputBuffer:
         # (parent key, owner) -> (run, its number of parts) when text from
         # elsewhere (insert_lines) left that run's line unfinished: more such
         # text continues that line (a child's flush() sends a partial line).
-        self._left_unfinished: dict[tuple[object, int], tuple[_Run, int]] = {}
+        self._left_unfinished: dict[tuple[object, int, object], tuple[_Run, str]] = {}
         # the run appended to last: most writes repeat its owner and parent
         self._tail: _Run | None = None
         self.pending_chars = 0
@@ -127,25 +127,26 @@ class OutputBuffer:
         mine = self._mine.get((key, owner))
         return mine if mine is not None and _unfinished(mine) else None
 
-    def insert_lines(self, owner: int, parent: Parent, text: str) -> None:
+    def insert_lines(self, owner: int, parent: Parent, text: str, source: object = None) -> None:
         """Add text written elsewhere (by a forked child, or to the descriptor
         behind ``owner``'s stream) under ``parent``. Complete lines go before
-        ``owner``'s unfinished line
-        under that parent, if it has one that nothing but such text wrote last;
-        otherwise (text ending inside a line, text continuing the unfinished line
-        it left, nothing unfinished) it is added as :meth:`append` adds it."""
+        ``owner``'s unfinished line under that parent, if it has one that nothing
+        but such text from the same ``source`` wrote last; otherwise (text ending
+        inside a line, text continuing the unfinished line that source left,
+        nothing unfinished) it is added as :meth:`append` adds it."""
         key = parent_key(parent)
         mine = self._mine.get((key, owner))
-        # Whether the unfinished line is what such text left, nothing written since.
-        left = self._left_unfinished.pop((key, owner), None)
+        # Whether the unfinished line is what this source left, nothing written since.
+        left = self._left_unfinished.pop((key, owner, source), None)
         its_own = False
         if left is not None and mine is not None:
-            its_own = left[0] is mine and left[1] == len(mine.parts)
+            # (Lines inserted before it since leave the unfinished line as it was.)
+            its_own = left[0] is mine and _unfinished_text(mine) == left[1]
         if not text.endswith("\n") or mine is None or not _unfinished(mine) or its_own:
             self.append(owner, parent, text)
             mine = self._mine.get((key, owner))
             if mine is not None and _unfinished(mine):
-                self._left_unfinished[key, owner] = (mine, len(mine.parts))
+                self._left_unfinished[key, owner, source] = (mine, _unfinished_text(mine))
             return
         parts = mine.parts
         i = len(parts) - 1
@@ -233,6 +234,11 @@ class OutputBuffer:
                 chunks.append(Chunk(run.owner, run.parent, "".join(parts)))
             del parts
         return chunks
+
+
+def _unfinished_text(run: _Run) -> str:
+    """The text of ``run``'s last part after its last newline."""
+    return complete_lines(run.parts[-1])[1]
 
 
 def _unfinished(run: _Run) -> bool:
