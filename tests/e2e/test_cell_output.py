@@ -118,15 +118,18 @@ THREAD_STARTED_IN_A = src(
     print("cell A done")
     """
 )
+# The two pool threads print at the same instant: each writes its line in one
+# write, as print's text and end (two writes) from two threads may interleave on
+# free-threaded builds (as on a terminal). What is tested is the cell they reach.
 POOL_STARTED_IN_A = src(
     """
-    import threading
+    import sys, threading
     from concurrent.futures import ThreadPoolExecutor
     go = threading.Event()
     pool = ThreadPoolExecutor(2)
     def late(i):
         go.wait(30)
-        print(f"late line {i} from the pool")
+        sys.stdout.write(f"late line {i} from the pool\\n")
     futures = [pool.submit(late, i) for i in range(2)]
     print("cell A done")
     """
