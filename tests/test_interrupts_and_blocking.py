@@ -339,6 +339,7 @@ def test_an_interrupt_right_after_a_lock_is_taken_never_leaves_it_held(
     queue_lock, group_lock = InterruptRightAfterAcquire(), InterruptRightAfterAcquire()
     ours.thread._lock = queue_lock  # (the IO thread is idle: nothing holds the old ones)
     stream._group.lock = group_lock
+
     def new_parent(msg_id: str) -> None:
         stream.set_parent({"header": {"msg_id": msg_id}})
 

@@ -798,8 +798,10 @@ def test_streams_that_override_flush_are_flushed_by_the_timer(kernel: Kernelish)
         stderr.write("Parent poll failed.\n")
         time.sleep(0.3)  # (past flush_interval: each round is its own timer's)
     kernel.receiver.wait_for(
-        lambda _m: kernel.receiver.text("stdout").count("\n") == 3
-        and kernel.receiver.text("stderr").count("\n") == 3
+        lambda _m: (
+            kernel.receiver.text("stdout").count("\n") == 3
+            and kernel.receiver.text("stderr").count("\n") == 3
+        )
     )
     assert kernel.receiver.text("stdout") == "out 0\nout 1\nout 2\n"
     assert kernel.receiver.text("stderr") == "err 0\nerr 1\nerr 2\n"

@@ -214,6 +214,18 @@ def test_outstream_talks_to_its_thread_only_through_the_protocol() -> None:
     assert found == []
 
 
+def test_the_protocol_lists_name_every_member_of_the_protocol_class() -> None:
+    """threadlink's ATTRIBUTES and PROTOCOL (what ``link`` checks) are exactly the
+    members of the IOThread protocol class, and IOPubThread has them all."""
+    from iostream import IOPubThread, threadlink
+
+    declared = {name for name in vars(threadlink.IOThread) if not name.startswith("_")} | set(
+        threadlink.IOThread.__annotations__
+    )
+    assert set(threadlink.ATTRIBUTES) | set(threadlink.PROTOCOL) == declared
+    assert all(hasattr(IOPubThread, name) for name in declared)
+
+
 def test_the_library_never_imports_the_app() -> None:
     """``iostream.app`` (``python -m iostream``) depends on the library, never the
     other way round: no module outside it imports it, not even lazily. Only

@@ -178,9 +178,7 @@ out.close()
 
 @needs_fork
 @pytest.mark.parametrize("forced", sorted(FACTS))
-def test_forced_platform_chooses_capture_and_the_child_channel(
-    tmp_path: Path, forced: str
-) -> None:
+def test_forced_platform_chooses_capture_and_the_child_channel(tmp_path: Path, forced: str) -> None:
     """Under a forked platform's paths a forked child's output reaches the parent
     over the channel; under win32's (no fork) there is no channel at all."""
     run = run_scenario(PIPE_SCENARIO, tmp_path, IOSTREAM_PLATFORM=forced)

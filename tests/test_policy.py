@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from iostream.core.policy import STALE_GRACE, Event, FlushState, Phase
+from iostream.core.policy import STALE_GRACE, Do, Event, FlushState, Phase
 
 INTERVAL = 0.2
+LIMIT = 1 << 20  # a writer's memory bound
 
 
 def _in(phase: Phase, now: float = 10.0) -> FlushState:
@@ -371,6 +372,84 @@ def test_on_timer_never_postpones_past_the_due_time(
 # -- stateful: the promises the group relies on -----------------------------------------
 
 
+# -- the answers: what a writer, a flush and the timer are told to do ---------------
+
+
+def test_a_write_that_promises_sets_the_timer_and_later_writes_do_nothing() -> None:
+    state = FlushState()
+    do, ticket = state.on_write(1.0, interval=INTERVAL, pending=5, limit=LIMIT)
+    assert (do, ticket) == (Do.SET_TIMER, 1)
+    state.handle(Event.TIMER_SET, 1.0, ticket=ticket)
+    assert state.on_write(1.01, interval=INTERVAL, pending=10, limit=LIMIT) == (Do.NOTHING, 0)
+
+
+def test_a_backlog_over_the_writers_limit_is_flushed_by_the_writer() -> None:
+    state = _in(Phase.LICENSED, 1.0)
+    assert state.on_write(1.01, interval=INTERVAL, pending=LIMIT + 1, limit=LIMIT) == (Do.FLUSH, 0)
+
+
+def test_a_backlog_past_the_watch_mark_wakes_the_timer_once() -> None:
+    state = _in(Phase.LICENSED, 1.0)
+    big = state.burst_chars + 1
+    assert state.on_write(1.01, interval=INTERVAL, pending=big, limit=LIMIT) == (Do.WAKE_TIMER, 0)
+    assert state.on_write(1.02, interval=INTERVAL, pending=big + 1, limit=LIMIT) == (Do.NOTHING, 0)
+    state.on_timer(1.03, big + 1, INTERVAL)  # the timer looked: it watches the burst itself
+    assert state.wake_backlog == math.inf
+    state.handle(Event.FLUSH, 1.04)
+    assert state.on_timer(1.05, 0, INTERVAL) is None
+    state.handle(
+        Event.TIMER_SET,
+        1.06,
+        ticket=state.on_write(1.06, interval=INTERVAL, pending=10, limit=LIMIT)[1],
+    )
+    state.on_timer(1.07, 10, INTERVAL)
+    assert state.wake_backlog == state.burst_chars, "watched by the writers again"
+
+
+@pytest.mark.parametrize(
+    ("newline", "pending", "expected"),
+    [(True, 5, Do.PUBLISH_LINES), (False, 5, Do.NOTHING), (False, LIMIT + 1, Do.FLUSH)],
+)
+def test_a_line_buffered_group_publishes_at_each_newline(
+    newline: bool, pending: int, expected: Do
+) -> None:
+    """No IO thread, or a forked child: as a terminal, no timer ever."""
+    state = FlushState(licensable=False, line_buffered=True)
+    do, ticket = state.on_write(
+        1.0, interval=INTERVAL, pending=pending, limit=LIMIT, newline=newline
+    )
+    assert (do, ticket) == (expected, 0)
+
+
+def test_the_cells_first_write_is_due_at_the_idle_delay_even_while_batching() -> None:
+    state = FlushState()
+    state.handle(Event.TOOK_TEXT, 10.0)
+    _, ticket = state.on_write(10.01, interval=INTERVAL, pending=5, limit=LIMIT)
+    state.handle(Event.TIMER_SET, 10.01, ticket=ticket)
+    assert state.due_at(INTERVAL) == pytest.approx(10.0 + INTERVAL)  # batched
+    do, made = state.on_write(10.02, interval=INTERVAL, pending=9, limit=LIMIT, cells_first=True)
+    assert (do, made) == (Do.SET_TIMER, ticket + 1)
+    assert state.due_at(INTERVAL) == pytest.approx(10.02 + state.idle_delay)
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+@pytest.mark.parametrize("timer_runs", [True, False])
+def test_a_flush_keeps_the_timer_only_for_a_licensed_promise_whose_timer_runs(
+    phase: Phase, timer_runs: bool
+) -> None:
+    state = _in(phase, 1.0)
+    keep = timer_runs and phase is Phase.LICENSED
+    assert state.on_flush(1.1, timer_runs=timer_runs) is (not keep)
+    assert state.phase is (Phase.LICENSED if keep else Phase.IDLE)
+
+
+def test_a_stopping_thread_flushes_at_once_what_is_promised() -> None:
+    state = _in(Phase.LICENSED, 1.0)
+    assert state.on_timer(1.0, 5, INTERVAL) > 0
+    assert state.on_timer(1.0, 5, INTERVAL, stopping=True) == 0
+    assert FlushState().on_timer(1.0, 0, INTERVAL, stopping=True) is None
+
+
 class FlushMachine(RuleBasedStateMachine):
     """Drives a FlushState as the group does, with a model of the text: text is
     never left pending without a promise, and the licence always means a timer
@@ -391,10 +470,18 @@ class FlushMachine(RuleBasedStateMachine):
 
     @rule(size=st.integers(1, 100_000))
     def slow_path_write(self, size: int) -> None:
-        """A write through the checked path: queue, then promise."""
+        """A write through the checked path: queue, then do what the policy says."""
         self.pending += size
         renewing = self.state.renew and self.state.phase is not Phase.IDLE
-        made = self.state.handle(Event.WRITE, self.now, interval=INTERVAL)
+        do, made = self.state.on_write(
+            self.now, interval=INTERVAL, pending=self.pending, limit=LIMIT
+        )
+        assert (do is Do.SET_TIMER) == bool(made)
+        if do is Do.FLUSH:
+            assert self.pending > LIMIT
+        if do is Do.WAKE_TIMER:
+            assert self.pending > self.state.burst_chars
+            assert self.state.wake_backlog == math.inf, "one wake-up until the timer looks"
         if renewing:
             assert made, "the first write under a new parent renews the promise"
         if made and self.nothing_taken_since_new_parent:
@@ -438,9 +525,12 @@ class FlushMachine(RuleBasedStateMachine):
 
     @rule()
     def explicit_flush_on_running_thread(self) -> None:
-        self._take(Event.KEEP_FLUSH)
-        if not self.state.phase is not Phase.IDLE:
-            self.timer_scheduled = False  # it will find nothing promised
+        cancel = self.state.on_flush(self.now, timer_runs=self.timer_scheduled)
+        self._take(None)
+        if cancel:
+            self.timer_scheduled = False
+        else:
+            assert self.state.licensed, "only a licensed promise keeps its timer"
 
     @rule()
     def stop(self) -> None:
@@ -463,8 +553,9 @@ class FlushMachine(RuleBasedStateMachine):
         self.state.handle(Event.REQUEUE, self.now)
         assert self.state.phase is not Phase.IDLE
 
-    def _take(self, event: Event) -> None:
-        self.state.handle(event, self.now)
+    def _take(self, event: Event | None) -> None:
+        if event is not None:
+            self.state.handle(event, self.now)
         if self.pending:
             self.state.handle(Event.TOOK_TEXT, self.now)
             self.nothing_taken_since_new_parent = False

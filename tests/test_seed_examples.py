@@ -28,8 +28,7 @@ def test_1_basic_output_stream() -> None:
     proc = run_example("1_basic_output_stream.py")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
-        "[None] stream: {'name': 'stdout', "
-        "'text': 'This output goes to the Jupyter frontend\\n'}",
+        "[None] stream: {'name': 'stdout', 'text': 'This output goes to the Jupyter frontend\\n'}",
         "[None] stream: {'name': 'stdout', 'text': 'Multiple lines are supported\\n'}",
     ]
 

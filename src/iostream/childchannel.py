@@ -72,7 +72,8 @@ RECORD_BYTES = 64 * 1024
 MIN_RECORD_BYTES = 1024
 #: Socket buffer asked for on both ends (macOS's default allows 2 KiB datagrams).
 BUFFER_BYTES = 1 << 20
-#: Datagrams the parent reads in one go before the IO loop runs other work.
+#: Messages (datagrams, or zmq messages) the IO thread reads from one socket
+#: before letting other work run.
 READ_BATCH = 256
 #: Slots of the shared map the parent writes sync tokens into. A child whose slot
 #: is overwritten before it looks (more syncs than slots at once) waits its bound.

@@ -32,7 +32,7 @@ READ_SIZE = 1 << 16
 #: After a read that did not fill the buffer, the reader waits this long (in ms,
 #: the granularity of ``poll``) before reading again, so that a burst of small
 #: writes is read in a few large reads rather than one wake-up per write. A
-#: ``STOP`` or ``SYNC`` request ends the wait at once.
+#: ``REQUEST_STOP`` or ``REQUEST_SYNC`` request ends the wait at once.
 GATHER_MS = 1
 #: Size the pipe is enlarged to (Linux ``F_SETPIPE_SZ``).
 PIPE_SIZE = 1 << 20
@@ -40,8 +40,8 @@ _F_SETPIPE_SZ = 1031
 _F_GETPIPE_SZ = 1032
 _DEFAULT_PIPE_SIZE = 1 << 16
 #: Requests on the control pipe.
-STOP = b"x"
-SYNC = b"s"
+REQUEST_STOP = b"x"
+REQUEST_SYNC = b"s"
 
 
 class FdCapture:
@@ -50,8 +50,8 @@ class FdCapture:
     Create and close from one thread (any); the callback runs on the reader thread.
     :meth:`sync` may be called from any other thread.
 
-    A control pipe carries requests to the reader: ``STOP`` (drain, then end) and
-    ``SYNC`` (drain what is in the pipe now, then wake the waiters).
+    A control pipe carries requests to the reader: ``REQUEST_STOP`` (drain, then end) and
+    ``REQUEST_SYNC`` (drain what is in the pipe now, then wake the waiters).
     """
 
     #: Whether this platform's descriptors can be captured at all
@@ -62,7 +62,8 @@ class FdCapture:
     def __init__(self, fd: int, on_text: Callable[[str], None]) -> None:
         self.fd = fd
         self._on_text = on_text
-        self._forked = False  # this is a forked child of the process that made it
+        #: This process is a forked child of the one that made the capture.
+        self.forked = False
         forksafety.register(self)
         self._decoder = Utf8Decoder()
         self._echo_ok = True
@@ -112,7 +113,7 @@ class FdCapture:
                 ready = {fd for fd, _ in poller.poll()}
                 if self._stop_read in ready:
                     requests = os.read(self._stop_read, 4096)
-                    if STOP in requests:
+                    if REQUEST_STOP in requests:
                         self._drain()
                         self._deliver(self._decoder.finish())
                         return
@@ -140,7 +141,7 @@ class FdCapture:
         ended; False if the reader did not answer within ``timeout`` seconds.
         Any thread but the reader's.
         """
-        if self.thread is None or self._forked or self._released:
+        if self.thread is None or self.forked or self._released:
             return True
         if threading.current_thread() is self.thread or not self._has_pending():
             return True
@@ -158,7 +159,7 @@ class FdCapture:
         self._waiters.append(done)
         # A full control pipe is full of requests: one answer serves them all.
         with contextlib.suppress(BlockingIOError):
-            os.write(self._stop_write, SYNC)
+            os.write(self._stop_write, REQUEST_SYNC)
         return True
 
     def _has_pending(self) -> bool:
@@ -226,7 +227,7 @@ class FdCapture:
 
     def _after_fork_in_child(self) -> None:
         # The reader thread and the pipe's other users stayed in the parent.
-        self._forked = True
+        self.forked = True
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Restore ``fd``, publish everything written before, release the pipe.
@@ -241,10 +242,10 @@ class FdCapture:
         if not self._restored:
             self._restored = True
             os.dup2(self.original_copy, self.fd)
-        if self._forked or self._released:
+        if self.forked or self._released:
             return True
         with contextlib.suppress(BlockingIOError):  # full of requests: it is awake
-            os.write(self._stop_write, STOP)
+            os.write(self._stop_write, REQUEST_STOP)
         if self.thread is not None:
             self.thread.join(timeout)
         if self.thread is not None and self.thread.is_alive():
@@ -258,7 +259,7 @@ class FdCapture:
 
     def close(self, timeout: float = 10.0) -> None:
         """:meth:`stop`, then close ``original_copy`` too. Idempotent."""
-        if self.stop(timeout) and not self._forked and not self._copy_closed:
+        if self.stop(timeout) and not self.forked and not self._copy_closed:
             self._copy_closed = True
             with contextlib.suppress(OSError):
                 os.close(self.original_copy)

@@ -46,7 +46,7 @@ import zmq
 from tornado.ioloop import IOLoop
 
 from . import forksafety, platform
-from .childchannel import ChildChannel, Fallback, TextHandler
+from .childchannel import READ_BATCH, ChildChannel, Fallback, TextHandler
 from .completion import Completion
 from .locking import locked, new_lock
 
@@ -68,11 +68,8 @@ MASTER = 0
 CHILD = 1
 
 #: A queued call: function, args, kwargs.
-Event = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
-
-#: Messages the IO thread reads from one socket before letting other work run.
-READ_BATCH = 256
 
 # pyzmq's compiled send, when its backend is the compiled one (not cffi).
 _compiled_send: Any = (
@@ -173,10 +170,11 @@ class IOPubThread:
         self.session: Any = session
         self.background_socket = BackgroundSocket(self)
         self._master_pid = os.getpid()  # (ipykernel's attribute; forksafety detects forks)
-        self._forked = False  # this is a forked child of the process that made it
+        #: This process is a forked child of the one that made the thread.
+        self.forked = False
         # (Without fork there are no forked children to pipe.)
         self._pipe_flag = bool(pipe) and platform.CAN_FORK
-        self._events: deque[Event] = deque()
+        self._events: deque[Call] = deque()
         self._stop_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._stopped_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._warned_no_socket = False
@@ -219,7 +217,7 @@ class IOPubThread:
         context, sockets, loop or thread, nor makes its own; its output goes to
         the parent through the inherited channel (:mod:`iostream.childchannel`).
         """
-        self._forked = True
+        self.forked = True
         self._events = deque()
         self._init_locks()
         self._state = _State.FORKED
@@ -241,7 +239,7 @@ class IOPubThread:
 
     def _check_mp_mode(self) -> int:
         """``CHILD`` in a forked child that pipes to its parent, else ``MASTER``."""
-        if self._pipe_flag and self._forked:
+        if self._pipe_flag and self.forked:
             return CHILD
         return MASTER
 
@@ -318,7 +316,7 @@ class IOPubThread:
             # puts before the streams' publish lock that these callbacks take.
             with self._inline_lock:
                 self._run_callbacks(self._stop_callbacks)
-            if self._forked and self._channel is not None:
+            if self.forked and self._channel is not None:
                 # (A forked child at exit: its text is in the parent's hands first.)
                 self._channel.sync(self._channel.send_timeout)
         self._close_pipes()
@@ -344,7 +342,7 @@ class IOPubThread:
     def _close_socket(self) -> None:
         socket, self.socket = self.socket, None
         # (A forked child's copy is the parent's: closing it would use libzmq here.)
-        if socket is not None and hasattr(socket, "close") and not self._forked:
+        if socket is not None and hasattr(socket, "close") and not self.forked:
             socket.close()
 
     def add_stop_callback(self, callback: Callable[[], None]) -> None:
@@ -390,10 +388,10 @@ class IOPubThread:
         """
         self._enqueue((f, args, kwargs))
 
-    def _enqueue(self, event: Event) -> None:
-        if locked(self._lock, self._queue_if_running, event):
+    def _enqueue(self, call: Call) -> None:
+        if locked(self._lock, self._queue_if_running, call):
             return
-        f, args, kwargs = event
+        f, args, kwargs = call
         with self._inline_lock:
             self._call(f, args, kwargs)
 
@@ -405,7 +403,7 @@ class IOPubThread:
         """
         if self.on_io_thread():
             return not self._events
-        if self._forked:
+        if self.forked:
             return self.wait_delivered(timeout)  # (calls ran inline already)
         done = Completion()
         self.schedule(done.set)
@@ -413,10 +411,10 @@ class IOPubThread:
 
     # -- internals: any thread -------------------------------------------------
 
-    def _queue_if_running(self, event: Event) -> bool:
-        """Queue ``event`` for the IO thread if it runs; whether it did. ``_lock`` held."""
+    def _queue_if_running(self, call: Call) -> bool:
+        """Queue ``call`` for the IO thread if it runs; whether it did. ``_lock`` held."""
         if self._state is _State.RUNNING or self._state is _State.STOPPING:
-            self._events.append(event)
+            self._events.append(call)
             if not self._wake_pending:
                 self._wake_locked()
             return True
@@ -451,7 +449,7 @@ class IOPubThread:
     def _close_pipes(self) -> None:
         """Close what this object created. Called once the thread is gone; never
         in a forked child, whose copies are the parent's."""
-        if self._forked:
+        if self.forked:
             return
         with self._lock:
             for sock in (self.pipe_out, self.pipe_in):
@@ -478,7 +476,7 @@ class IOPubThread:
             self.io_loop.add_handler(
                 self._channel.reader.fileno(), self._io_read_children, IOLoop.READ
             )
-        if self._is_xpub and not self._forked:
+        if self._is_xpub and not self.forked:
             self.io_loop.add_handler(self.socket, self._io_on_socket_event, IOLoop.READ)
             self._io_read_subscriptions()
         self._io_run_pending()
@@ -537,7 +535,7 @@ class IOPubThread:
         Called on the IO thread, it sends at once; a forked child hands the
         message to the parent's channel on the calling thread.
         """
-        if self._forked:
+        if self.forked:
             self._send_from_child(*args)
         elif self.on_io_thread():
             self._really_send(*args, **kwargs)
@@ -550,7 +548,7 @@ class IOPubThread:
         Runs where :meth:`schedule` runs its calls. Never raises: a missing or
         closed socket is logged once and the message dropped.
         """
-        if self._forked:
+        if self.forked:
             self._send_from_child(msg)
         else:
             self._send_on_socket(msg, *args, **kwargs)
@@ -639,7 +637,7 @@ class IOPubThread:
     @property
     def pipes_to_parent(self) -> bool:
         """Whether this is a forked child whose output goes to the parent's channel."""
-        return self._forked and self._channel is not None
+        return self.forked and self._channel is not None
 
     def send_child_text(
         self, owner: int, name: str, parent: bytes, text: str, fallback: Fallback
@@ -665,7 +663,7 @@ class IOPubThread:
         the channel failed (the text went to the terminal). Any thread.
         """
         channel = self._channel
-        if not self._forked or channel is None:
+        if not self.forked or channel is None:
             return True
         return channel.sync(timeout)
 

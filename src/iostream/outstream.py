@@ -46,7 +46,6 @@ import contextvars
 import functools
 import io
 import logging
-import math
 import os
 import sys
 import threading
@@ -67,6 +66,7 @@ from .core import (
     make_publishable,
     split_text,
 )
+from .core.policy import Do
 from .fdcapture import FdCapture
 from .iothread import IOPubThread
 from .locking import locked
@@ -173,7 +173,8 @@ class _FastWriter:
                 queued = group.incoming_chars = group.incoming_chars + size
                 if group.flow.licensed and queued <= self.limit and queued <= group.wake_incoming:
                     return size
-                self.stream._after_fast_append(string)
+                # (The licence went, or the backlog passed a mark: ask the policy.)
+                self.stream._after_queued(string)
                 return size
         return self.stream._write_checked(string)
 
@@ -197,10 +198,8 @@ class _FastWriter:
                 parent = self.current_parent()  # outside the lock: may call out
                 queued = locked(group.lock, self._append_if_licensed, group, parent, string)
                 if queued is not None:
-                    if queued > self.limit:
-                        self.stream.flush()  # bounds memory: wait for the IO thread
-                    elif queued > group.wake_incoming:
-                        self.stream._wake_timer()
+                    if queued > self.limit or queued > group.wake_incoming:
+                        self.stream._after_queued(string)  # a mark passed: ask the policy
                     return len(string)
         return self.stream._write_checked(string)
 
@@ -289,7 +288,9 @@ class OutStream(io.TextIOBase):
         self._capture: FdCapture | None = None
         self._warned_echo = False
         self._echo: Any = None
-        self._group = group_for(pub_thread if pub_thread is not None else session)
+        self._group = group_for(
+            pub_thread if pub_thread is not None else session, threaded=pub_thread is not None
+        )
         # Where text goes in this process state (see _Sink); swapped at fork. (A
         # stream made in a forked child finds its group forked already.)
         self._sink: _Sink = (
@@ -389,20 +390,28 @@ class OutStream(io.TextIOBase):
             return self._writer.write(string)
         return self._writer.write_locked(string)
 
-    def _after_fast_append(self, string: str) -> None:
-        """The fast path appended ``string`` but found the flush gone or the backlog full."""
+    def _after_queued(self, text: str) -> None:
+        """``text`` was queued in the group: do what the flush policy answers (see
+        :mod:`iostream.core.policy`). The writing thread."""
         group = self._group
-        if not group.flow.licensed:  # taken meanwhile: maybe not with our text
-            self._sink.buffered(self, string)
-        elif group.incoming_chars > self._writer.limit:
-            self.flush()  # bounds memory: the writer waits for the IO thread
+        self._writer.limit = limit = self.max_buffer_chars
+        do, ticket = group.written(_monotonic(), self.flush_interval, text, limit)
+        if do is Do.NOTHING:
+            return
+        if do is Do.SET_TIMER:
+            self._flush_pending = True
+            if self._arm_flush():
+                group.license(_monotonic(), ticket)
+        elif do is Do.PUBLISH_LINES:
+            self._publish_complete_lines()
+        elif do is Do.FLUSH:
+            self.flush()  # bounds memory: the writer waits for the text to go
         else:
             self._wake_timer()
 
     def _wake_timer(self) -> None:
         """The backlog passed the policy's watch mark: have the timer look at it
         now rather than at the due time (a burst may be published early). Any thread."""
-        self._group.wake_incoming = math.inf  # (the timer sets it again: one wake-up)
         thread = self._link
         if thread is not None and thread.running:
             thread.schedule(self._io_on_timer)
@@ -543,7 +552,7 @@ class OutStream(io.TextIOBase):
             self._group.add_lines(self._owner, parent, text, source)
         else:
             self._group.add(self._owner, parent, text)
-        self._sink.buffered(self, text)
+        self._after_queued(text)
 
     def _arm_flush(self) -> bool:
         """Have the IO thread's timer flush; True if it will (else flushed here)."""
@@ -559,13 +568,13 @@ class OutStream(io.TextIOBase):
         """Flush if due, else check again when it may be. IO thread only."""
         thread = self._link
         assert thread is not None  # (only a thread runs timers)
-        delay = self._group.on_timer(_monotonic(), self.flush_interval)
+        delay = self._group.on_timer(_monotonic(), self.flush_interval, thread.stopping)
         if delay is None:
             return  # flushed meanwhile
-        if delay <= 0 or thread.stopping:
+        if delay <= 0:
             self._timer_flushing = True  # the promised flush: it ends the licence
             try:
-                self._flush_whole_group()  # (a stopping loop would never run the timer)
+                self._flush_whole_group()
             finally:
                 self._timer_flushing = False
             return
@@ -616,11 +625,10 @@ class OutStream(io.TextIOBase):
         group = self._group
         thread = self._link
         on_io_thread = thread is not None and thread.on_io_thread()
-        # A flush other than the timer's own, on a running thread of ours, leaves
-        # the timer's promise in force: the timer still comes, and writes
-        # meanwhile keep their fast path (a progress bar that flushes every step
-        # arms nothing and wakes no thread). Stopping revokes it (stop callback).
-        keep_licence = (
+        # Whether the timer of the promise still comes after this flush (the
+        # policy then keeps the promise, so writes meanwhile keep their fast
+        # path: a progress bar that flushes every step wakes no thread).
+        timer_runs = (
             on_io_thread
             and not self._timer_flushing
             and thread is not None
@@ -628,14 +636,14 @@ class OutStream(io.TextIOBase):
             and thread.running
             and not thread.stopping
         )
-        if group.timer is not None and not keep_licence and on_io_thread:
-            assert thread is not None
-            thread.cancel_timer(group.timer)
-            group.timer = None
         # Take and publish under one lock: in a forked child the writing thread
         # and the IO thread may both flush, and must not reorder the text.
         with group.publish_lock:
-            chunks = group.take(time.monotonic(), keep_licence=keep_licence)
+            chunks, cancel = group.take_all(time.monotonic(), timer_runs)
+            if cancel and on_io_thread and group.timer is not None:
+                assert thread is not None
+                thread.cancel_timer(group.timer)  # (timers are the IO thread's)
+                group.timer = None
             overriders = self._overriders(chunks, route_self)
             if overriders:
                 theirs = [chunk for chunk in chunks if chunk.owner in overriders]
@@ -945,14 +953,11 @@ def _io_publish_pending(group: StreamGroup) -> None:
 
 class _Sink:
     """Where a stream's text goes in one process state, chosen when the stream
-    is made and swapped at fork, so the write and flush paths ask no mode
-    questions: no thread (publish on the writing thread), an IO thread (promise
-    a flush to its timer), a forked child (hand lines to the parent). Stateless:
-    one instance of each, shared by every stream."""
-
-    def buffered(self, stream: OutStream, text: str) -> None:
-        """``text`` was queued in the stream's group: see that it gets published."""
-        raise NotImplementedError
+    is made and swapped at fork, so the flush and publish paths ask no mode
+    questions: no thread (publish on the writing thread), an IO thread (flush
+    there), a forked child (hand lines to the parent). When to publish is the
+    flush policy's answer, not the sink's. Stateless: one instance of each,
+    shared by every stream."""
 
     def flush(self, stream: OutStream, deadline: float) -> bool:
         """Publish what is pending; whether that was done by ``deadline``."""
@@ -965,12 +970,8 @@ class _Sink:
 
 class _NoThread(_Sink):
     """No IO thread (``OutStream(session, None, name)``): the writing thread
-    publishes through ``session.send`` at each newline, ``flush()`` and ``close()``."""
-
-    def buffered(self, stream: OutStream, text: str) -> None:
-        stream._group.promise(_monotonic(), stream.flush_interval, bool(text))
-        if "\n" in text:
-            stream._publish_complete_lines()
+    publishes through ``session.send`` (at each newline, as the policy of a
+    line-buffered group answers; at ``flush()`` and ``close()``)."""
 
     def flush(self, stream: OutStream, deadline: float) -> bool:
         stream._flush()
@@ -978,23 +979,9 @@ class _NoThread(_Sink):
 
 
 class _OnThread(_Sink):
-    """An IO thread publishes: a write promises a flush to the thread's timer
-    (the policy says when it is due); ``flush()`` waits for the thread. While
-    the thread is not running (before ``start``, after ``stop``) calls run
-    inline, serialised by the thread."""
-
-    def buffered(self, stream: OutStream, text: str) -> None:
-        group = stream._group
-        stream._writer.limit = stream.max_buffer_chars
-        ticket = group.promise(_monotonic(), stream.flush_interval, bool(text))
-        if ticket:
-            stream._flush_pending = True
-            if stream._arm_flush():
-                group.license(_monotonic(), ticket)
-        elif group.backlog() > stream.max_buffer_chars:
-            stream.flush()  # bounds memory: the writer waits for the IO thread
-        elif group.past_watch():
-            stream._wake_timer()
+    """An IO thread publishes, when its timer finds the policy's flush due;
+    ``flush()`` waits for the thread. While the thread is not running (before
+    ``start``, after ``stop``) calls run inline, serialised by the thread."""
 
     def flush(self, stream: OutStream, deadline: float) -> bool:
         thread = stream._link
@@ -1008,19 +995,14 @@ class _OnThread(_Sink):
 
 
 class _ForkedChild(_Sink):
-    """A forked child of a process whose streams publish through a thread. It is
-    line-buffered, as a terminal is: complete lines go to the parent at once
+    """A forked child of a process whose streams publish through a thread. Its
+    group is line-buffered (the policy's answer), as a terminal is: complete
+    lines go to the parent at once
     (which batches them; pools kill their workers without a flush), a partial
     line at the next newline, ``flush()`` or exit. Whole lines keep children
     writing at once from interleaving. With ``pipe=True`` the text goes to the
     parent's channel, on the writing thread; ``flush()`` returns once the parent
     has it."""
-
-    def buffered(self, stream: OutStream, text: str) -> None:
-        if "\n" in text:
-            stream._publish_complete_lines()
-        elif stream._group.backlog() > stream.max_message_chars:
-            stream._flush()
 
     def flush(self, stream: OutStream, deadline: float) -> bool:
         stream._flush()  # hands the text to the parent's channel, on this thread

@@ -20,7 +20,7 @@ from jupyter_client.jsonutil import json_default
 
 from . import forksafety
 from .core import Chunk, OutputBuffer, Parent, parent_key
-from .core.policy import Event, FlushState
+from .core.policy import Do, Event, FlushState
 from .locking import locked, new_lock
 
 logger = logging.getLogger("iostream")
@@ -53,10 +53,11 @@ class StreamGroup:
     itself.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, threaded: bool = True) -> None:
         # The streams of the group (OutStream; typed loosely: outstream imports us).
         self.members: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self.forked = False  # this process is a fork of the one that made the group
+        self.threaded = threaded  # an IO thread publishes (else the writers do)
         self._renew()
         forksafety.register(self)
 
@@ -73,7 +74,8 @@ class StreamGroup:
         # Characters in ``incoming``: a bound, not a count (unlocked ``+=`` from
         # several threads may lose updates; every move into ``buffer`` resets it).
         self.incoming_chars = 0
-        self.flow = FlushState(licensable=not self.forked)
+        timed = self.threaded and not self.forked  # else line-buffered, as a terminal
+        self.flow = FlushState(licensable=timed, line_buffered=not timed)
         # ``incoming_chars`` past which a writer has the timer look at once: the
         # policy's ``wake_backlog`` less what ``buffer`` holds (see _rewatch).
         self.wake_incoming: float = self.flow.wake_backlog
@@ -94,26 +96,28 @@ class StreamGroup:
         self.forked = True
         self._renew()
 
-    def take(self, now: float, owner: int | None = None, keep_licence: bool = False) -> list[Chunk]:
-        """Remove the pending text (of ``owner`` only, if given). Any thread.
+    def take(self, now: float, owner: int | None = None) -> list[Chunk]:
+        """Remove the pending text (of ``owner`` only, if given), ending the flush
+        promise unless ``owner`` is given. Any thread."""
+        return locked(self.lock, self._take, now, owner, False)[0]
 
-        ``keep_licence``: a flush that is not the promised one (the timer still
-        comes) leaves the licence in force, so writes after it need not
-        arm again.
-        """
-        return locked(self.lock, self._take, now, owner, keep_licence)
+    def take_all(self, now: float, timer_runs: bool) -> tuple[list[Chunk], bool]:
+        """Remove all pending text; also answer whether the promise's timer is to
+        be cancelled (``timer_runs``: see the policy's ``on_flush``). Any thread."""
+        return locked(self.lock, self._take, now, None, timer_runs)
 
-    def _take(self, now: float, owner: int | None, keep_licence: bool) -> list[Chunk]:
+    def _take(self, now: float, owner: int | None, timer_runs: bool) -> tuple[list[Chunk], bool]:
+        cancel = False
         if owner is None:
             # The licence ends (FLUSH) before incoming is emptied (see the class).
-            self.flow.handle(Event.KEEP_FLUSH if keep_licence else Event.FLUSH, now)
+            cancel = self.flow.on_flush(now, timer_runs=timer_runs)
         self._absorb_incoming()
         # (A forked child hands its text to the parent, which cuts it.)
         chunks = self.buffer.drain(owner, None if self.forked else self._message_limits())
         if chunks:
             self.flow.handle(Event.TOOK_TEXT, now)
         self._rewatch()
-        return chunks
+        return chunks, cancel
 
     def _rewatch(self) -> None:
         """Renew ``wake_incoming`` after ``buffer`` or the policy's watch mark
@@ -129,7 +133,7 @@ class StreamGroup:
             if type(getattr(member, "max_message_chars", None)) is int
         }
 
-    def on_timer(self, now: float, interval: float) -> float | None:
+    def on_timer(self, now: float, interval: float, stopping: bool) -> float | None:
         """The timer fired: seconds until it should fire again (0: flush now);
         None if no flush is promised (see the policy's ``on_timer``). Any thread."""
         with self.lock:
@@ -139,31 +143,33 @@ class StreamGroup:
                 # its line ends costs little and stays within the memory bound.
                 self._absorb_incoming()
                 unfinished = self.buffer.unfinished_line()
-            delay = self.flow.on_timer(now, self.backlog(), interval, unfinished_line=unfinished)
+            delay = self.flow.on_timer(
+                now, self.backlog(), interval, unfinished_line=unfinished, stopping=stopping
+            )
             self._rewatch()
             return delay
 
-    def promise(self, now: float, interval: float, text: bool = True) -> int:
-        """Promise a flush for text just queued unless one is; return the new
-        promise's ticket, 0 if none was made. ``text``: the write was not empty.
-        Any thread."""
-        return locked(self.lock, self._promise, now, interval, text)
+    def written(self, now: float, interval: float, text: str, limit: float) -> tuple[Do, int]:
+        """``text`` was queued: what the writer is to do (the policy's answer to a
+        write), and the ticket of a new promise. ``limit``: the writer's memory
+        bound. Any thread."""
+        return locked(self.lock, self._written, now, interval, text, limit)
 
-    def _promise(self, now: float, interval: float, text: bool) -> int:
+    def _written(self, now: float, interval: float, text: str, limit: float) -> tuple[Do, int]:
         awaiting = self.awaiting
-        if awaiting and text and threading.get_ident() in awaiting:
-            # The cell's own first text: not held by the batching of text that
-            # threads printed into the cell before it (NEW_PARENT once more).
-            self.flow.handle(Event.NEW_PARENT, now)
-            ticket = self.flow.handle(Event.WRITE, now, interval=interval)
+        cells_first = bool(awaiting) and bool(text) and threading.get_ident() in awaiting
+        if cells_first:
             awaiting.discard(threading.get_ident())
-            return ticket
-        return self.flow.handle(Event.WRITE, now, interval=interval)
-
-    def past_watch(self) -> bool:
-        """Whether the backlog passed the policy's watch mark (``wake_backlog``):
-        the timer should look at it now. Any thread; a hint, read without the lock."""
-        return self.incoming_chars > self.wake_incoming
+        answer = self.flow.on_write(
+            now,
+            interval=interval,
+            pending=self.backlog(),
+            limit=limit,
+            newline="\n" in text,
+            cells_first=cells_first,
+        )
+        self._rewatch()
+        return answer
 
     def awaited(self) -> bool:
         """Whether the calling thread set a new parent and has not written under
@@ -176,7 +182,8 @@ class StreamGroup:
         """``parent`` was set as the streams' parent: if it is another request than
         the one set before, its first text must not wait for the batching interval
         of the previous one (NEW_PARENT), nor the first text that the calling
-        thread (the cell's own code) writes under it (CELL_OUTPUT). Any thread."""
+        thread (the cell's own code) writes under it (the policy's ``on_write``).
+        Any thread."""
         locked(self.lock, self._new_parent, parent_key(parent), now, threading.get_ident())
 
     def _new_parent(self, key: object, now: float, setter: int) -> None:
@@ -279,12 +286,14 @@ _groups_lock = _GroupsLock()
 forksafety.register(_groups_lock)
 
 
-def group_for(key: Any) -> StreamGroup:
+def group_for(key: Any, threaded: bool) -> StreamGroup:
+    """The group of the streams that publish through ``key`` (a thread, or a
+    session when ``threaded`` is False). Any thread."""
     with _groups_lock.lock:
         try:
             group = _groups.get(key)
             if group is None:
-                group = _groups[key] = StreamGroup()
+                group = _groups[key] = StreamGroup(threaded)
             return group
         except TypeError:  # not weak-referenceable or not hashable: no sharing
-            return StreamGroup()
+            return StreamGroup(threaded)

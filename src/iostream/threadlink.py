@@ -35,7 +35,11 @@ from typing import Any, Protocol
 #: ``handler(owner, name, parent, text)``: stream text a forked child sent.
 ChildTextHandler = Callable[[int, str, dict[str, Any], str], None]
 
-#: The methods and attributes an object must have to be used without a StandIn.
+#: The attributes (besides the methods below) of the protocol: all of
+#: :class:`IOThread`'s, so an object is used without a StandIn only if it has them all.
+ATTRIBUTES = ("drains_before_stop", "running", "stopping", "pipes_to_parent")
+
+#: The methods of the protocol.
 PROTOCOL = (
     "schedule",
     "call_later",
@@ -162,8 +166,10 @@ class StandIn:
 
 def link(thread: Any) -> IOThread:
     """``thread`` itself if it implements the whole protocol, else a StandIn."""
-    if getattr(thread, "drains_before_stop", None) is True and all(
-        callable(getattr(thread, name, None)) for name in PROTOCOL
+    if (
+        getattr(thread, "drains_before_stop", None) is True
+        and all(hasattr(thread, name) for name in ATTRIBUTES)
+        and all(callable(getattr(thread, name, None)) for name in PROTOCOL)
     ):
         linked: IOThread = thread
         return linked

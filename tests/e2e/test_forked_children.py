@@ -143,9 +143,7 @@ def test_pool_workers_in_a_with_block_lose_no_line_under_load(kernel: Kernel) ->
     """``with Pool(2) as pool: pool.map(...)``: ``__exit__`` terminates the workers
     right after the results are in; their lines were printed without a flush.
     200 rounds, both cores kept busy by other processes meanwhile."""
-    hogs = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)
-    ]
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         code = """
             import multiprocessing

@@ -45,6 +45,19 @@ NEW_PARENT  LICENSED         PROMISED (the licence ends, so the next write takes
 NEW_PARENT  IDLE, PROMISED   unchanged; a PROMISED one is renewed by the next WRITE
 ==========  ===============  =====================================================
 
+What the caller does is the policy's answer, never its own judgement:
+
+* to a write (:meth:`FlushState.on_write`), a :class:`Do`: set the timer for a
+  new promise; publish the complete lines now (a line-buffered group: no IO
+  thread, or a forked child, as a terminal is); flush and wait (the backlog is
+  over the memory bound, the writer's ``limit``); have the timer look now (the
+  backlog passed :attr:`FlushState.wake_backlog`, once until the timer ran);
+  or nothing, a flush being on its way;
+* to a flush (:meth:`FlushState.on_flush`), whether the promise's timer is to
+  be cancelled: it is kept (KEEP_FLUSH) only for an explicit flush while the
+  timer is licensed and sure to run, so writes after it keep the fast path;
+* to the timer (:meth:`FlushState.on_timer`), when to fire again, or flush now.
+
 NEW_PARENT (a new request, a new cell, became the streams' parent) also forgets
 when the latest flush was, so the new parent's first text counts as output after
 an idle period, whatever the previous parent printed: batching never carries
@@ -105,6 +118,16 @@ class Event(Enum):
     NEW_PARENT = "new parent"
 
 
+class Do(Enum):
+    """What a writer does after queueing text: the policy's answer to a write."""
+
+    NOTHING = "nothing"
+    SET_TIMER = "set timer"
+    PUBLISH_LINES = "publish lines"
+    FLUSH = "flush"
+    WAKE_TIMER = "wake timer"
+
+
 class FlushState:
     """The promise of a flush for one group's pending text, and when it is due.
 
@@ -121,6 +144,7 @@ class FlushState:
         "idle_delay",
         "licensable",
         "licensed",
+        "line_buffered",
         "line_wait",
         "phase",
         "promised_at",
@@ -138,6 +162,7 @@ class FlushState:
         licensable: bool = True,
         line_wait: float = 0.05,
         burst_wait: float = 1.0,
+        line_buffered: bool = False,
     ) -> None:
         self.idle_delay = idle_delay
         self.line_wait = line_wait
@@ -146,6 +171,9 @@ class FlushState:
         self.burst_chars = burst_chars
         #: Whether TIMER_SET may license the fast path (False in a forked child).
         self.licensable = licensable
+        #: Published at each newline by the writer, not by a timer (no IO
+        #: thread, or a forked child).
+        self.line_buffered = line_buffered
         self.phase = Phase.IDLE
         #: Mirrors ``phase is LICENSED``: the write fast path's one read.
         self.licensed = False
@@ -215,6 +243,51 @@ class FlushState:
         self.licensed = new is Phase.LICENSED
         return made
 
+    def on_write(
+        self,
+        now: float,
+        *,
+        interval: float,
+        pending: int,
+        limit: float,
+        newline: bool = False,
+        cells_first: bool = False,
+    ) -> tuple[Do, int]:
+        """Text was queued at ``now``: what the writer is to do, and the new
+        promise's ticket (with SET_TIMER, else 0).
+
+        ``pending``: the characters now waiting; ``limit``: the writer's memory
+        bound; ``newline``: the text holds a line end; ``cells_first``: it is
+        the first text that the thread which set the new parent (the cell's own
+        code) writes under it. That text is told NEW_PARENT once more: a thread
+        printing into the new cell may have had its text flushed already, and
+        the cell's own first line must not wait for the batching interval.
+        """
+        if cells_first:
+            self.handle(Event.NEW_PARENT, now)
+        ticket = self.handle(Event.WRITE, now, interval=interval)
+        if self.line_buffered:
+            if newline:
+                return Do.PUBLISH_LINES, 0
+            return (Do.FLUSH if pending > limit else Do.NOTHING), 0
+        if ticket:
+            return Do.SET_TIMER, ticket
+        if pending > limit:
+            return Do.FLUSH, 0
+        if pending > self.wake_backlog:
+            self.wake_backlog = math.inf  # one wake-up: the timer sets it again
+            return Do.WAKE_TIMER, 0
+        return Do.NOTHING, 0
+
+    def on_flush(self, now: float, *, timer_runs: bool) -> bool:
+        """A flush is about to take everything pending: whether the promise's
+        timer is to be cancelled. ``timer_runs``: the flush is not the timer's
+        own, and the timer is sure to run (a running IO thread that drains
+        before it stops, not stopping). Only a licensed promise is kept."""
+        keep = timer_runs and self.phase is Phase.LICENSED
+        self.handle(Event.KEEP_FLUSH if keep else Event.FLUSH, now)
+        return not keep
+
     def _after_idle(self, interval: float) -> bool:
         """Whether the promise is for output after an idle period."""
         last = self._last_flush
@@ -245,7 +318,12 @@ class FlushState:
         return self._last_flush + interval
 
     def on_timer(
-        self, now: float, pending: int, interval: float, unfinished_line: bool = False
+        self,
+        now: float,
+        pending: int,
+        interval: float,
+        unfinished_line: bool = False,
+        stopping: bool = False,
     ) -> float | None:
         """The timer fired at ``now`` with ``pending`` characters waiting: answer
         in how many seconds it should fire again (0: flush now); None if no flush
@@ -260,9 +338,13 @@ class FlushState:
         unfinished line ending (every ``quiet_gap``; a line for ``line_wait`` at
         most). A backlog that is not a burst yet is watched by the writers
         instead: past :attr:`wake_backlog` they have the timer fire at once.
+        ``stopping``: the IO thread is stopping, and would never run a later
+        timer: flush now.
         """
         if self.phase is Phase.IDLE:
             return None
+        if stopping:
+            return 0.0
         if pending != self._seen_pending:
             self._seen_pending, self._grew_at = pending, now
         burst = pending >= self.burst_chars
