@@ -635,6 +635,32 @@ class IOPubThread:
         self._child_text_publish = publish
 
     @property
+    def children_fd(self) -> int | None:
+        """The descriptor forked children's text arrives on, in the parent of a
+        running ``pipe=True`` thread; else None. Any thread."""
+        channel = self._channel
+        if self.forked or channel is None or self._state is not _State.RUNNING:
+            return None
+        return channel.reader.fileno()
+
+    def take_in_children(self, timeout: float) -> bool:
+        """Have the IO thread take in what forked children sent so far (hand it
+        to the child text handler) before this returns; whether it did within
+        ``timeout`` seconds. True at once on the IO thread or without a running
+        thread. Any thread."""
+        if self.on_io_thread() or self._state is not _State.RUNNING:
+            return True
+        done = Completion()
+        self.schedule(self._io_take_in_children, done)
+        return done.wait(timeout)
+
+    def _io_take_in_children(self, done: Completion) -> None:
+        try:
+            self._io_read_children()
+        finally:
+            done.set()
+
+    @property
     def pipes_to_parent(self) -> bool:
         """Whether this is a forked child whose output goes to the parent's channel."""
         return self.forked and self._channel is not None

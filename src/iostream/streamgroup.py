@@ -21,6 +21,7 @@ from jupyter_client.jsonutil import json_default
 from . import forksafety
 from .core import Chunk, OutputBuffer, Parent, parent_key
 from .core.policy import Do, Event, FlushState
+from .inlets import Inlets
 from .locking import locked, new_lock
 
 logger = logging.getLogger("iostream")
@@ -58,6 +59,10 @@ class StreamGroup:
         self.members: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self.forked = False  # this process is a fork of the one that made the group
         self.threaded = threaded  # an IO thread publishes (else the writers do)
+        # Where text from outside the Python streams waits (fd capture pipes, the
+        # children's channel), taken in before a write; and the channel's fd.
+        self.inlets = Inlets()
+        self.children_fd: int | None = None
         self._renew()
         forksafety.register(self)
 
