@@ -31,9 +31,10 @@ in the parent's buffer before the parent can learn that it exited.
 
 Datagram layout: ``kind, flags, pid, thread`` (``!cBIQ``) and the body, or a
 piece of it. A ``TEXT`` body is ``owner, len(name), len(parent)`` (``!QHI``), the
-stream name, the parent header as JSON (``null``: the cell running when it arrives) and the text (UTF-8). A ``MESSAGE`` body
-is a serialized Jupyter message: each frame as its length (``!I``) and its
-bytes. A ``SYNC`` body is its token (``!Q``).
+stream name, the parent header as JSON (``null``: the cell running when it
+arrives) and the text (UTF-8). A ``MESSAGE`` body is a serialized Jupyter
+message: each frame as its length (``!I``) and its bytes. A ``SYNC`` body is its
+token (``!Q``).
 """
 
 from __future__ import annotations
@@ -142,9 +143,10 @@ class ChildChannel:
     ) -> None:
         """Hand stream text to the parent; return once the system holds it.
 
-        ``parent`` is the parent header as JSON (``null``: the parent's running cell). If the channel cannot take the
-        text within :attr:`send_timeout`, it goes to ``fallback`` instead (after
-        one note the first time). Any thread of a forked child.
+        ``parent`` is the parent header as JSON (``null``: the parent's running
+        cell). If the channel cannot take the text within :attr:`send_timeout`,
+        it goes to ``fallback`` instead (after one note the first time).
+        Any thread of a forked child.
         """
         raw_name = name.encode()
         body = b"".join(

@@ -97,6 +97,8 @@ class Inlets:
             with contextlib.suppress(OSError):  # (closed: epoll dropped it already)
                 self._epoll.unregister(fd)
         if not self._take_ins:
+            # (The epoll instance stays open while the group lives: a writer
+            # may be calling its poll right now.)
             self.poll = None
 
     def _poll_each(self, timeout: int) -> list[tuple[int, int]]:

@@ -1,0 +1,104 @@
+"""The inlets: descriptors whose waiting text a writer has taken in before its
+own write (issue 19). Real pipes; the epoll path (Linux) and the poll path (other
+systems) both."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from iostream import inlets
+from iostream.inlets import Inlets
+from support import run_scenario
+
+PATHS = [pytest.param(True, id="epoll"), pytest.param(False, id="poll")]
+
+
+@pytest.fixture
+def pipes() -> Iterator[list[tuple[int, int]]]:
+    made = [os.pipe() for _ in range(2)]
+    yield made
+    for r, w in made:
+        for fd in (r, w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@pytest.mark.parametrize("use_epoll", PATHS)
+def test_only_inlets_with_text_waiting_are_taken_in(
+    use_epoll: bool, pipes: list[tuple[int, int]]
+) -> None:
+    if use_epoll and not hasattr(__import__("select"), "epoll"):
+        pytest.skip("no epoll on this system")
+    taken: list[int] = []
+    box = Inlets(use_epoll=use_epoll)
+    assert box.poll is None, "nothing to ask before an inlet is added"
+    box.take_in(1.0)  # (nothing: no inlets)
+    for r, _ in pipes:
+        box.add(r, lambda timeout, r=r: taken.append(r) or os.read(r, 100) != b"")
+    assert box.poll is not None
+    assert not box.poll(0)
+    box.take_in(1.0)
+    assert taken == []
+    os.write(pipes[1][1], b"x")
+    assert box.poll(0)
+    box.take_in(1.0)
+    assert taken == [pipes[1][0]]
+    assert not box.poll(0), "the reader took it in"
+    box.remove(pipes[1][0])
+    box.remove(pipes[1][0])  # (idempotent)
+    os.write(pipes[1][1], b"y")
+    assert not box.poll(0), "a removed inlet is not asked"
+    box.remove(pipes[0][0])
+    assert box.poll is None
+
+
+def test_an_inlet_whose_reader_does_not_answer_is_skipped_for_a_while(
+    pipes: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader stuck (an echo blocked on a full terminal) costs one bounded
+    wait, not one per write; after LATE_PAUSE it is asked again."""
+    monkeypatch.setattr(inlets, "LATE_PAUSE", 0.3)
+    calls: list[float] = []
+    box = Inlets()
+    r, w = pipes[0]
+    box.add(r, lambda timeout: calls.append(timeout) or False)  # never answers
+    os.write(w, b"waiting")
+    box.take_in(0.01)
+    box.take_in(0.01)
+    assert len(calls) == 1, "skipped while late"
+    time.sleep(0.35)
+    box.take_in(0.01)
+    assert len(calls) == 2
+
+
+def test_a_forked_child_never_touches_the_parents_inlets(tmp_path: object) -> None:
+    """The epoll instance is shared with a forked child: a child that removed or
+    added an inlet would change the parent's. In the child nothing is asked."""
+    run = run_scenario(
+        """
+        import os, select
+        from childkit import report
+        from iostream.inlets import Inlets
+        box = Inlets()
+        r, w = os.pipe()
+        box.add(r, lambda timeout: True)
+        os.write(w, b"x")
+        pid = os.fork()
+        if pid == 0:
+            ok = box.poll is None
+            box.remove(r)
+            r2, w2 = os.pipe()
+            box.add(r2, lambda timeout: True)
+            box.take_in(1.0)
+            os._exit(0 if ok and box.poll is None else 1)
+        _, status = os.waitpid(pid, 0)
+        report({"child": os.waitstatus_to_exitcode(status), "parent_sees": bool(box.poll(0))})
+        """,
+        tmp_path,  # type: ignore[arg-type]
+    )
+    assert run.result == {"child": 0, "parent_sees": True}
