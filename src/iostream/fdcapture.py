@@ -22,6 +22,7 @@ from typing import ClassVar
 from . import forksafety, platform
 from .completion import Completion
 from .core import Utf8Decoder
+from .inlets import BusyMark
 from .locking import locked, new_lock
 
 logger = logging.getLogger("iostream")
@@ -72,7 +73,8 @@ class FdCapture:
         self._stop_read, self._stop_write = os.pipe()  # the control pipe
         self._waiters: list[Completion] = []
         self._waiters_lock = new_lock()
-        self._busy = False  # the reader holds bytes it has not delivered yet
+        # Held while the reader holds bytes it has not delivered yet (an inlet).
+        self.busy = BusyMark()
         self._finished = False  # the reader has ended (guarded by _waiters_lock)
         self._restored = False  # fd holds the original again (stop)
         self._released = False  # the pipe is closed (stop)
@@ -119,17 +121,17 @@ class FdCapture:
                         return
                     self._answer_syncs()
                     continue
-                self._busy = True
+                self.busy.set()
                 data = os.read(self.read_fd, READ_SIZE)
                 if not data:
                     self._deliver(self._decoder.finish())
                     return
                 self._handle(data)
-                self._busy = False
+                self.busy.clear()
                 if len(data) < self._gather_below:
                     control.poll(GATHER_MS)
         finally:
-            self._busy = False
+            self.busy.clear()
             with self._waiters_lock:
                 self._finished = True
             self._wake_waiters()
@@ -164,11 +166,11 @@ class FdCapture:
 
     def _has_pending(self) -> bool:
         """Whether bytes wait in the pipe or in the reader's hands."""
-        if self._busy:
+        if self.busy.held:
             return True
         readable = _readable(self.read_fd)
         # Busy again: the reader may have taken the bytes between the two looks.
-        return readable or self._busy
+        return readable or self.busy.held
 
     def _answer_syncs(self) -> None:
         """Deliver what is in the pipe now, then wake those who asked before."""
@@ -191,8 +193,8 @@ class FdCapture:
         in the pipe, and a writer that never stops must not keep us here.
         """
         budget = self._pipe_size
+        self.busy.set()  # before looking: a sync must not see an empty pipe
         while budget > 0:
-            self._busy = True  # before looking: a sync must not see an empty pipe
             if not _readable(self.read_fd):
                 break
             data = os.read(self.read_fd, min(READ_SIZE, budget))
@@ -200,7 +202,7 @@ class FdCapture:
                 break
             budget -= len(data)
             self._handle(data)
-        self._busy = False
+        self.busy.clear()
 
     def _handle(self, data: bytes) -> None:
         self._deliver(self._decoder.decode(data))
@@ -255,6 +257,7 @@ class FdCapture:
         for fd in (self.read_fd, self._stop_read, self._stop_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self.busy.close()
         return True
 
     def close(self, timeout: float = 10.0) -> None:

@@ -12,6 +12,9 @@ take in what waits there now (:meth:`Inlets.take_in`), bounded, and then
 queues its own text. Text that C code keeps in its own stdio buffer until it
 flushes has not reached the process yet: no kernel can order it.
 
+A reader that has read text and not yet delivered it holds a :class:`BusyMark`,
+an inlet too: the one poll sees that text as waiting as well.
+
 An inlet whose reader did not answer in time is skipped for :data:`LATE_PAUSE`
 seconds, so a reader stuck in a blocked echo costs one bounded wait, not one
 per write. In a forked child nothing here is used (the inlets are the parent's).
@@ -20,6 +23,7 @@ per write. In a forked child nothing here is used (the inlets are the parent's).
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import threading
 import time
@@ -124,3 +128,38 @@ class Inlets:
                 continue
             if not take_in(timeout):
                 self._late_until[fd] = time.monotonic() + LATE_PAUSE
+
+
+class BusyMark:
+    """A pipe that is readable while a reader holds text it has read but not yet
+    delivered, so that one poll of the inlets sees that text as waiting too.
+
+    Set and cleared by the reader's own thread only; ``held`` may be read from
+    any thread. Each costs one system call (set only when not held already).
+    """
+
+    def __init__(self) -> None:
+        self.fd, self._write_fd = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write_fd, False)
+        self.held = False
+
+    def set(self) -> None:
+        """The reader is about to read: mark it holding. The reader's thread."""
+        if not self.held:
+            self.held = True
+            with contextlib.suppress(OSError):
+                os.write(self._write_fd, b"b")
+
+    def clear(self) -> None:
+        """The reader delivered what it read. The reader's thread."""
+        if self.held:
+            with contextlib.suppress(OSError):
+                os.read(self.fd, 4096)
+            self.held = False
+
+    def close(self) -> None:
+        """Close both ends. Idempotent."""
+        for fd in (self.fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)

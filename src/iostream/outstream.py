@@ -233,7 +233,7 @@ class OutStream(io.TextIOBase):
     ``OutStream(session, pub_thread, name)`` as in ipykernel; the name-first form
     ``OutStream("stdout", session, None)`` works too. Without a thread, text is
     published on the writing thread through ``session.send(None, "stream",
-    content, parent=..., ident=topic)`` at each newline, ``flush()`` and ``close()``.
+    content, parent=..., ident=topic)`` at each newline, the memory bound, ``flush()`` and ``close()``.
     """
 
     #: Seconds ``flush()`` waits for the IO thread before giving up.
@@ -431,7 +431,7 @@ class OutStream(io.TextIOBase):
         elif do is Do.PUBLISH_LINES:
             self._publish_complete_lines()
         elif do is Do.FLUSH:
-            self.flush()  # bounds memory: the writer waits for the text to go
+            self._sink.relieve(self)  # bounds memory
         else:
             self._wake_timer()
 
@@ -477,12 +477,13 @@ class OutStream(io.TextIOBase):
         """Have forked children's text taken in before a write (an inlet), once
         the thread's channel exists. Any thread."""
         thread = self._link
-        fd = None if thread is None else thread.children_fd
+        fds = () if thread is None else thread.children_fds
         group = self._group
-        if fd is not None and group.children_fd != fd:
+        if fds and group.children_fds != fds:
             assert thread is not None
-            group.children_fd = fd
-            group.inlets.add(fd, thread.take_in_children)
+            group.children_fds = fds
+            for fd in fds:
+                group.inlets.add(fd, thread.take_in_children)
 
     def writelines(self, lines: Iterable[str]) -> None:  # type: ignore[override]
         """Write each string of ``lines``. Any thread."""
@@ -520,7 +521,7 @@ class OutStream(io.TextIOBase):
             return
         if self._capture is not None:
             self._should_watch = False
-            self._group.inlets.remove(self._capture.read_fd)
+            self._forget_capture_inlets()
             self._capture.close(self.flush_timeout)
         self._writer.group = None  # from now on every write raises
         try:
@@ -914,8 +915,10 @@ class OutStream(io.TextIOBase):
         self._fid = self._capture.read_fd
         self._capture.start(self._watch_pipe_fd)
         self.watch_fd_thread = self._capture.thread
-        # Text waiting in the pipe is taken in before a Python write (in order).
-        self._group.inlets.add(self._capture.read_fd, self._capture.sync)
+        # Text waiting in the pipe, or read and not yet delivered, is taken in
+        # before a Python write (in order).
+        for fd in (self._capture.read_fd, self._capture.busy.fd):
+            self._group.inlets.add(fd, self._capture.sync)
 
     def _end_fd_capture(self) -> None:
         """Stop capturing the fd: restore it and publish (or, with no way left to
@@ -923,17 +926,23 @@ class OutStream(io.TextIOBase):
         original's copy stays open for :meth:`fileno` and echo until :meth:`close`.
         Runs on the thread that stopped the IO thread, once it has stopped."""
         group = self._group
-        if group.children_fd is not None:  # (the thread stopped: its channel closes)
-            group.inlets.remove(group.children_fd)
-            group.children_fd = None
+        for fd in group.children_fds:  # (the thread stopped: its channel closes)
+            group.inlets.remove(fd)
+        group.children_fds = ()
         if self._capture is not None:
             self._should_watch = False
-            group.inlets.remove(self._capture.read_fd)
+            self._forget_capture_inlets()
             self._capture.stop(self.flush_timeout)
             # Through the protocol, never a direct _flush: a stopped thread runs it
             # inline under its lock first (the lock order), and a thread stuck in a
             # publish (the stop timeout) gets it queued instead of blocking stop().
             self._run_on(self._link, self._flush)
+
+    def _forget_capture_inlets(self) -> None:
+        """Stop taking in from the capture's pipe (before it is closed)."""
+        if self._capture is not None:
+            for fd in (self._capture.read_fd, self._capture.busy.fd):
+                self._group.inlets.remove(fd)
 
     def _watch_pipe_fd(self) -> None:
         """Reader thread body: publish and echo what arrives on the pipe."""
@@ -1064,11 +1073,17 @@ class _Sink:
         """Send ``text``, taken from the buffer, on its way. Never raises."""
         stream._send_messages(parent, text)
 
+    def relieve(self, stream: OutStream) -> None:
+        """The backlog passed the memory bound: publish it, on the writing
+        thread or waiting (bounded) for the thread that publishes."""
+        stream.flush()
+
 
 class _NoThread(_Sink):
     """No IO thread (``OutStream(session, None, name)``): the writing thread
     publishes through ``session.send`` (at each newline, as the policy of a
-    line-buffered group answers; at ``flush()`` and ``close()``)."""
+    line-buffered group answers; at the memory bound, ``flush()`` and
+    ``close()``)."""
 
     def flush(self, stream: OutStream, deadline: float) -> bool:
         stream._flush()
@@ -1105,6 +1120,11 @@ class _ForkedChild(_Sink):
         stream._flush()  # hands the text to the parent's channel, on this thread
         thread = stream._link
         return thread is None or thread.wait_delivered(max(0.0, deadline - _monotonic()))
+
+    def relieve(self, stream: OutStream) -> None:
+        # Handed to the channel, whose sends wait (bounded) while the parent's
+        # buffer is full: no need to wait for the parent to have read it.
+        stream._flush()
 
     def publish(self, stream: OutStream, parent: Parent, text: str) -> None:
         thread = stream._link

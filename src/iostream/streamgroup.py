@@ -60,9 +60,9 @@ class StreamGroup:
         self.forked = False  # this process is a fork of the one that made the group
         self.threaded = threaded  # an IO thread publishes (else the writers do)
         # Where text from outside the Python streams waits (fd capture pipes, the
-        # children's channel), taken in before a write; and the channel's fd.
+        # children's channel), taken in before a write; and the channel's fds.
         self.inlets = Inlets()
-        self.children_fd: int | None = None
+        self.children_fds: tuple[int, ...] = ()
         self._renew()
         forksafety.register(self)
 
@@ -178,7 +178,7 @@ class StreamGroup:
 
     def awaited(self) -> bool:
         """Whether the calling thread set a new parent and has not written under
-        it since: its next write must take the checked path (:meth:`promise`).
+        it since: its next write must take the checked path (:meth:`written`).
         Any thread; without the lock (a thread only ever finds its own ident)."""
         awaiting = self.awaiting
         return bool(awaiting) and threading.get_ident() in awaiting

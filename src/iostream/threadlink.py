@@ -20,7 +20,7 @@ The protocol:
   licence of :mod:`iostream.core.policy` relies on the promised timer running);
 * the forked-child link: ``pipes_to_parent``, ``send_child_text``,
   ``wait_delivered`` and ``set_child_text_handler``; in the parent,
-  ``children_fd`` and ``take_in_children`` (children's text taken in before a
+  ``children_fds`` and ``take_in_children`` (children's text taken in before a
   write, see :mod:`iostream.inlets`) (see :class:`iostream.IOPubThread`).
 
 This module imports neither :mod:`iostream.iothread` nor
@@ -38,7 +38,7 @@ ChildTextHandler = Callable[[int, str, dict[str, Any] | None, str], None]
 
 #: The attributes (besides the methods below) of the protocol: all of
 #: :class:`IOThread`'s, so an object is used without a StandIn only if it has them all.
-ATTRIBUTES = ("drains_before_stop", "running", "stopping", "pipes_to_parent", "children_fd")
+ATTRIBUTES = ("drains_before_stop", "running", "stopping", "pipes_to_parent", "children_fds")
 
 #: The methods of the protocol.
 PROTOCOL = (
@@ -70,7 +70,7 @@ class IOThread(Protocol):
     def pipes_to_parent(self) -> bool: ...
 
     @property
-    def children_fd(self) -> int | None: ...
+    def children_fds(self) -> tuple[int, ...]: ...
 
     def take_in_children(self, timeout: float) -> bool: ...
 
@@ -126,9 +126,9 @@ class StandIn:
         return False
 
     @property
-    def children_fd(self) -> int | None:
-        """Always None: a foreign thread has no channel of ours."""
-        return None
+    def children_fds(self) -> tuple[int, ...]:
+        """Always empty: a foreign thread has no channel of ours."""
+        return ()
 
     def take_in_children(self, timeout: float) -> bool:
         """Always True: nothing to take in."""
