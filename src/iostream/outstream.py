@@ -233,7 +233,8 @@ class OutStream(io.TextIOBase):
     ``OutStream(session, pub_thread, name)`` as in ipykernel; the name-first form
     ``OutStream("stdout", session, None)`` works too. Without a thread, text is
     published on the writing thread through ``session.send(None, "stream",
-    content, parent=..., ident=topic)`` at each newline, the memory bound, ``flush()`` and ``close()``.
+    content, parent=..., ident=topic)`` at each newline, the memory
+    bound, ``flush()`` and ``close()``.
     """
 
     #: Seconds ``flush()`` waits for the IO thread before giving up.
