@@ -102,3 +102,29 @@ def test_a_forked_child_never_touches_the_parents_inlets(tmp_path: object) -> No
         tmp_path,  # type: ignore[arg-type]
     )
     assert run.result == {"child": 0, "parent_sees": True}
+
+
+def test_a_busy_mark_is_seen_by_one_poll_while_held_and_closes_once() -> None:
+    """Between a reader's read and its delivery the pipe is empty: the mark is
+    what the writer's poll sees then. Closing twice must not close a descriptor
+    that has been given to someone else meanwhile (it hung zmq's context)."""
+    mark = inlets.BusyMark()
+    box = Inlets()
+    box.add(mark.fd, lambda timeout: True)
+    assert box.poll is not None
+    assert not box.poll(0)
+    mark.set()
+    mark.set()  # (held already: one byte)
+    assert mark.held and box.poll(0)
+    mark.clear()
+    assert not mark.held and not box.poll(0)
+    box.remove(mark.fd)
+    mark.close()
+    r, w = os.pipe()  # likely given one of the numbers just closed
+    try:
+        mark.close()
+        os.write(w, b"still open")
+        assert os.read(r, 100) == b"still open"
+    finally:
+        os.close(r)
+        os.close(w)

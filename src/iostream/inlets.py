@@ -143,6 +143,7 @@ class BusyMark:
         os.set_blocking(self.fd, False)
         os.set_blocking(self._write_fd, False)
         self.held = False
+        self._closed = False
 
     def set(self) -> None:
         """The reader is about to read: mark it holding. The reader's thread."""
@@ -159,7 +160,11 @@ class BusyMark:
             self.held = False
 
     def close(self) -> None:
-        """Close both ends. Idempotent."""
+        """Close both ends. Idempotent (a descriptor number closed twice could
+        be another's by then)."""
+        if self._closed:
+            return
+        self._closed = True
         for fd in (self.fd, self._write_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
