@@ -51,8 +51,10 @@ class Workload:
     quick: Params
     timeout_full: float
     timeout_quick: float
-    watchfd: bool | str = False
-    pipe: bool = False
+    # As a kernel runs (issue 19): descriptors captured, a channel for forked
+    # children; so the writes pay for keeping their order with descriptor text.
+    watchfd: bool | str = "force"
+    pipe: bool = True
     #: at most this many repetitions, whatever ``--repeat`` says (slow workloads)
     max_repeat: int | None = None
     notes: str = ""
