@@ -41,18 +41,18 @@ def test_only_inlets_with_text_waiting_are_taken_in(
     for r, _ in pipes:
         box.add(r, lambda timeout, r=r: taken.append(r) or os.read(r, 100) != b"")
     assert box.poll is not None
-    assert not box.poll(0)
+    assert not box.poll(0, 1)
     box.take_in(1.0)
     assert taken == []
     os.write(pipes[1][1], b"x")
-    assert box.poll(0)
+    assert box.poll(0, 1)
     box.take_in(1.0)
     assert taken == [pipes[1][0]]
-    assert not box.poll(0), "the reader took it in"
+    assert not box.poll(0, 1), "the reader took it in"
     box.remove(pipes[1][0])
     box.remove(pipes[1][0])  # (idempotent)
     os.write(pipes[1][1], b"y")
-    assert not box.poll(0), "a removed inlet is not asked"
+    assert not box.poll(0, 1), "a removed inlet is not asked"
     box.remove(pipes[0][0])
     assert box.poll is None
 
@@ -97,7 +97,7 @@ def test_a_forked_child_never_touches_the_parents_inlets(tmp_path: object) -> No
             box.take_in(1.0)
             os._exit(0 if ok and box.poll is None else 1)
         _, status = os.waitpid(pid, 0)
-        report({"child": os.waitstatus_to_exitcode(status), "parent_sees": bool(box.poll(0))})
+        report({"child": os.waitstatus_to_exitcode(status), "parent_sees": bool(box.poll(0, 1))})
         """,
         tmp_path,  # type: ignore[arg-type]
     )
@@ -112,12 +112,12 @@ def test_a_busy_mark_is_seen_by_one_poll_while_held_and_closes_once() -> None:
     box = Inlets()
     box.add(mark.fd, lambda timeout: True)
     assert box.poll is not None
-    assert not box.poll(0)
+    assert not box.poll(0, 1)
     mark.set()
     mark.set()  # (held already: one byte)
-    assert mark.held and box.poll(0)
+    assert mark.held and box.poll(0, 1)
     mark.clear()
-    assert not mark.held and not box.poll(0)
+    assert not mark.held and not box.poll(0, 1)
     box.remove(mark.fd)
     mark.close()
     r, w = os.pipe()  # likely given one of the numbers just closed

@@ -57,9 +57,10 @@ class Inlets:
         self._use_epoll = use_epoll
         self._epoll: select.epoll | None = None  # (made at the first add)
         self.forked = False  # a forked child: the inlets are the parent's
-        #: Any thread, without a lock: ``poll(0)`` is truthy when an inlet has
-        #: something waiting. None while there are no inlets.
-        self.poll: Callable[[int], object] | None = None
+        #: Any thread, without a lock: ``poll(0, 1)`` is truthy when an inlet has
+        #: something waiting (at most one event asked: the cheapest question).
+        #: None while there are no inlets.
+        self.poll: Callable[[int, int], object] | None = None
         forksafety.register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -105,7 +106,7 @@ class Inlets:
             # may be calling its poll right now.)
             self.poll = None
 
-    def _poll_each(self, timeout: int) -> list[tuple[int, int]]:
+    def _poll_each(self, timeout: int, _max_events: int = -1) -> list[tuple[int, int]]:
         """``poll(timeout)`` on a fresh poll object (where there is no epoll)."""
         poller = select.poll()
         for fd in list(self._take_ins):
@@ -119,7 +120,7 @@ class Inlets:
         poll = self.poll
         if poll is None:
             return
-        ready = poll(0)
+        ready = poll(0, -1)
         assert isinstance(ready, list)
         now = time.monotonic()
         for fd, _events in ready:

@@ -170,7 +170,7 @@ class _FastWriter:
         if group is not None and string.__class__ is str:
             poll = group.inlets.poll  # (take_in_first, inlined: it runs for every write)
             if poll is not None and string:
-                if not self.line_open and poll(0):
+                if not self.line_open and poll(0, 1):
                     self.stream._take_in_waiting()
                 self.line_open = string[-1] != "\n"
             if not group.flow.licensed:
@@ -196,7 +196,7 @@ class _FastWriter:
         The writing thread."""
         poll = group.inlets.poll
         if poll is not None and string:
-            if not self.line_open and poll(0):
+            if not self.line_open and poll(0, 1):
                 self.stream._take_in_waiting()
             self.line_open = string[-1] != "\n"
 
