@@ -21,7 +21,11 @@ fast path, which is taken only where the GIL is enabled (:data:`LOCK_FREE_WRITES
   :mod:`iostream.iothread`); a waiter is released by
   :class:`~iostream.completion.Completion`;
 * ``publisher_ident`` is stored by the publishing thread under ``publish_lock``
-  and compared by others only with their own ident.
+  and compared by others only with their own ident;
+* a writing thread that finds text waiting in the group's inlets waits (bounded)
+  for their readers to take it in (:mod:`iostream.inlets`), holding none of our
+  locks, and never on the IO thread or while it publishes itself: the readers may
+  be waiting for those.
 
 The lock order of the whole library, stated here only (a thread holding one may
 take only those after it):
@@ -34,8 +38,8 @@ take only those after it):
 4. leaves, under which nothing else is taken: the IO thread's ``_lock`` (its
    queue and state), fd capture's ``_waiters_lock``, a ``Completion``'s lock.
 
-Taken alone: ``streamgroup._groups_lock`` (when a stream is made) and
-``threadcontext._lock`` (enable, disable). The group's ``lock``, the thread's
+Taken alone: ``streamgroup._groups_lock`` (when a stream is made),
+``threadcontext._lock`` (enable, disable) and an ``Inlets``' lock (add, remove). The group's ``lock``, the thread's
 ``_lock`` and fd capture's ``_waiters_lock`` are taken on writing threads through
 :func:`iostream.locking.locked`, so no KeyboardInterrupt can leave them held.
 """
