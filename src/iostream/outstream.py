@@ -39,9 +39,10 @@ take only those after it):
    queue and state), fd capture's ``_waiters_lock``, a ``Completion``'s lock.
 
 Taken alone: ``streamgroup._groups_lock`` (when a stream is made),
-``threadcontext._lock`` (enable, disable) and an ``Inlets``' lock (add, remove). The group's ``lock``, the thread's
-``_lock`` and fd capture's ``_waiters_lock`` are taken on writing threads through
-:func:`iostream.locking.locked`, so no KeyboardInterrupt can leave them held.
+``threadcontext._lock`` (enable, disable) and an ``Inlets``' lock (add, remove).
+The group's ``lock``, the thread's ``_lock`` and fd capture's ``_waiters_lock``
+are taken on writing threads through :func:`iostream.locking.locked`, so no
+KeyboardInterrupt can leave them held.
 """
 
 from __future__ import annotations
