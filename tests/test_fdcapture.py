@@ -330,6 +330,7 @@ def test_a_python_write_comes_after_descriptor_text_written_before_it(tmp_path: 
         import ctypes, os, subprocess, sys
         from childkit import Setup, report
         k = Setup()
+        k.module.OutStream.keep_write_order = True  # (on in the kernel app)
         out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
         err = k.module.OutStream(k.session, k.thread, "stderr", watchfd="force")
         for s in (out, err):
@@ -379,3 +380,79 @@ def test_a_python_write_comes_after_descriptor_text_written_before_it(tmp_path: 
         else:
             got.append((name, text))
     assert got == shown
+
+
+def test_a_terminal_that_reads_nothing_never_stalls_the_writes(tmp_path: Path) -> None:
+    """The fd reader stuck echoing to a full terminal (the kernel's original
+    stdout, a pipe nobody reads) cannot take anything in: a write waits for it
+    at most TAKE_IN_TIMEOUT, then not again for LATE_PAUSE. (A first version
+    waited flush_timeout per descriptor, per write: 4 writes in 50 s.)"""
+    run = run_scenario(
+        """
+        import os, time
+        from childkit import Setup, report
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        try:
+            while True:
+                os.write(w, b"z" * 65536)
+        except BlockingIOError:
+            pass
+        os.set_blocking(w, True)
+        k = Setup()
+        os.dup2(w, 1)  # the "terminal": full, and nobody reads it
+        k.module.OutStream.keep_write_order = True
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        start = time.monotonic()
+        for i in range(100):
+            os.write(1, f"c {i}\\n".encode())  # the reader is stuck echoing
+            out.write(f"py {i}\\n")
+        took = time.monotonic() - start
+        ok = k.wait_for(lambda: "py 99" in k.text())
+        report({"took": took, "ok": ok})
+        os._exit(0)
+        """,
+        tmp_path,
+    )
+    assert run.result["ok"], run.result
+    assert run.result["took"] < 5.0, run.result
+
+
+def test_a_signal_handler_that_prints_while_a_write_takes_in_never_recurses(
+    tmp_path: Path,
+) -> None:
+    """A handler that prints runs while the interrupted write waits for a
+    reader (or holds the group's lock): its write must not wait for the reader
+    again (a first version stalled, then ended in RecursionError)."""
+    run = run_scenario(
+        """
+        import os, signal, time
+        from childkit import Setup, report
+        k = Setup()
+        k.module.OutStream.keep_write_order = True
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        ticks = []
+        def handler(*args):
+            start = time.monotonic()
+            out.write("tick\\n")
+            ticks.append(time.monotonic() - start)
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)
+        error = None
+        try:
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                os.write(1, b"c\\n")
+                out.write("p\\n")
+        except BaseException as e:
+            error = repr(e)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        out.flush()
+        report({"error": error, "ticks": len(ticks), "worst": max(ticks, default=0)})
+        os._exit(0)
+        """,
+        tmp_path,
+    )
+    r = run.result
+    assert r["error"] is None and r["ticks"] > 10, r
+    assert r["worst"] < 2.0, r

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import ClassVar
 
-from . import forksafety, platform
+from . import forksafety, inlets, platform
 from .completion import Completion
 from .core import Utf8Decoder
 from .inlets import BusyMark
@@ -105,6 +105,7 @@ class FdCapture:
 
         However it ends, every sync waiter is woken and later syncs return at once.
         """
+        inlets.mark_reader_thread()  # (its writes never wait for a reader)
         poller = select.poll()
         poller.register(self.read_fd, select.POLLIN)
         poller.register(self._stop_read, select.POLLIN)
@@ -127,7 +128,6 @@ class FdCapture:
                     self._deliver(self._decoder.finish())
                     return
                 self._handle(data)
-                self.busy.clear()
                 if len(data) < self._gather_below:
                     control.poll(GATHER_MS)
         finally:
@@ -193,8 +193,8 @@ class FdCapture:
         in the pipe, and a writer that never stops must not keep us here.
         """
         budget = self._pipe_size
-        self.busy.set()  # before looking: a sync must not see an empty pipe
         while budget > 0:
+            self.busy.set()  # before looking: a sync must not see an empty pipe
             if not _readable(self.read_fd):
                 break
             data = os.read(self.read_fd, min(READ_SIZE, budget))
@@ -205,7 +205,10 @@ class FdCapture:
         self.busy.clear()
 
     def _handle(self, data: bytes) -> None:
+        """Deliver, then echo: the busy mark is cleared once delivered, so an echo
+        stuck on a terminal that reads nothing never holds a writer's take-in."""
         self._deliver(self._decoder.decode(data))
+        self.busy.clear()
         self._echo(data)
 
     def _deliver(self, text: str) -> None:

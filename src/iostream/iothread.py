@@ -660,10 +660,13 @@ class IOPubThread:
         to the child text handler) before this returns; whether it did within
         ``timeout`` seconds. True at once on the IO thread or without a running
         thread. Any thread."""
-        if self.on_io_thread() or self._state is not _State.RUNNING:
+        if self.on_io_thread():
             return True
         done = Completion()
-        self.schedule(self._io_take_in_children, done)
+        # Queued only while the thread runs, never run inline: after stop the
+        # channel is closed (and its descriptor numbers may be another's).
+        if not locked(self._lock, self._queue_if_running, (self._io_take_in_children, (done,), {})):
+            return True
         return done.wait(timeout)
 
     def _io_take_in_children(self, done: Completion) -> None:

@@ -251,6 +251,12 @@ class OutStream(io.TextIOBase):
     #: Pending text above which ``write`` waits for a flush (bounds memory). The
     #: same as a message: a backlog that fits in one message goes out in one.
     max_buffer_chars: int = DEFAULT_MAX_MESSAGE_CHARS
+    #: Whether text from the captured descriptors (C code, subprocesses) and
+    #: forked children keeps its place among Python's writes (issue 19): before a
+    #: Python write that begins a line, what waits there is taken in first. Costs
+    #: one system call per such write (docs/performance.md), so it is off here and
+    #: on in ``python -m iostream kernel``. Read when the stream is made.
+    keep_write_order: bool = False
     topic: bytes | None = None
     encoding = "UTF-8"
     # Like ipykernel's, ``_original_stdstream_copy``, ``_original_stdstream_fd`` and
@@ -467,26 +473,29 @@ class OutStream(io.TextIOBase):
 
     def _take_in_waiting(self) -> None:
         """Text waits in the group's inlets: have it taken in before this thread's
-        write is queued (bounded by ``flush_timeout`` per inlet). Not on the IO
-        thread, nor while this thread publishes: their readers may be waiting
-        for it. The writing thread."""
+        write is queued (bounded: see :mod:`iostream.inlets`). Not on the IO
+        thread, nor while this thread publishes or holds the group's lock: the
+        readers may be waiting for those. The writing thread."""
         group = self._group
         publisher = group.publisher_ident
         thread = self._link
-        if (publisher is not None and publisher == _get_ident()) or (
-            thread is not None and thread.on_io_thread()
+        if (
+            (publisher is not None and publisher == _get_ident())
+            or (thread is not None and thread.on_io_thread())
+            or group.held_here()  # (a signal handler or __del__ that prints)
         ):
             return
-        group.inlets.take_in(self.flush_timeout)
+        group.inlets.take_in()
 
     def _watch_children(self) -> None:
         """Have forked children's text taken in before a write (an inlet), once
         the thread's channel exists. Any thread."""
         thread = self._link
-        fds = () if thread is None else thread.children_fds
+        if thread is None or not self.keep_write_order:
+            return
+        fds = thread.children_fds
         group = self._group
         if fds and group.children_fds != fds:
-            assert thread is not None
             group.children_fds = fds
             for fd in fds:
                 group.inlets.add(fd, thread.take_in_children)
@@ -921,10 +930,11 @@ class OutStream(io.TextIOBase):
         self._fid = self._capture.read_fd
         self._capture.start(self._watch_pipe_fd)
         self.watch_fd_thread = self._capture.thread
-        # Text waiting in the pipe, or read and not yet delivered, is taken in
-        # before a Python write (in order).
-        for fd in (self._capture.read_fd, self._capture.busy.fd):
-            self._group.inlets.add(fd, self._capture.sync)
+        if self.keep_write_order:
+            # Text waiting in the pipe, or read and not yet delivered, is taken
+            # in before a Python write (in order).
+            for fd in (self._capture.read_fd, self._capture.busy.fd):
+                self._group.inlets.add(fd, self._capture.sync)
 
     def _end_fd_capture(self) -> None:
         """Stop capturing the fd: restore it and publish (or, with no way left to
@@ -932,8 +942,10 @@ class OutStream(io.TextIOBase):
         original's copy stays open for :meth:`fileno` and echo until :meth:`close`.
         Runs on the thread that stopped the IO thread, once it has stopped."""
         group = self._group
-        for fd in group.children_fds:  # (the thread stopped: its channel closes)
-            group.inlets.remove(fd)
+        thread = self._link
+        if thread is not None:  # (the thread stopped: its channel closes)
+            for fd in group.children_fds:
+                group.inlets.remove(fd, thread.take_in_children)
         group.children_fds = ()
         if self._capture is not None:
             self._should_watch = False
@@ -948,7 +960,7 @@ class OutStream(io.TextIOBase):
         """Stop taking in from the capture's pipe (before it is closed)."""
         if self._capture is not None:
             for fd in (self._capture.read_fd, self._capture.busy.fd):
-                self._group.inlets.remove(fd)
+                self._group.inlets.remove(fd, self._capture.sync)
 
     def _watch_pipe_fd(self) -> None:
         """Reader thread body: publish and echo what arrives on the pipe."""
@@ -1028,7 +1040,7 @@ def _forked_output_keeps_its_cell() -> bool:
     if threadcontext is not None and threadcontext.enabled():
         return True
     version = getattr(sys.modules.get("ipykernel"), "version_info", None)
-    return isinstance(version, tuple) and bool(version) and version[0] == 6
+    return isinstance(version, tuple) and bool(version) and version[0] < 7
 
 
 def _io_receive_child_text(

@@ -176,6 +176,12 @@ class StreamGroup:
         self._rewatch()
         return answer
 
+    def held_here(self) -> bool:
+        """Whether the calling thread holds the group's ``lock`` or
+        ``publish_lock`` (a signal handler or ``__del__`` that writes while the
+        thread it interrupted was inside). Any thread."""
+        return bool(self.lock._is_owned() or self.publish_lock._is_owned())  # type: ignore[attr-defined]
+
     def awaited(self) -> bool:
         """Whether the calling thread set a new parent and has not written under
         it since: its next write must take the checked path (:meth:`written`).
