@@ -16,6 +16,9 @@ from typing import Any
 
 #: HMAC key of the benchmark sessions (sender and receiver must agree).
 SESSION_KEY = b"kernel-iostream-benchmark-key"
+#: Set to "1" by ``run.py --keep-write-order``: the sender runs ours with
+#: ``OutStream.keep_write_order = True``, as ``python -m iostream kernel`` does.
+KEEP_WRITE_ORDER_ENV = "IOSTREAM_BENCH_KEEP_WRITE_ORDER"
 
 #: Module names under test, in the order they are reported.
 IPYKERNEL = "ipykernel.iostream"
@@ -51,8 +54,9 @@ class Workload:
     quick: Params
     timeout_full: float
     timeout_quick: float
-    watchfd: bool | str = False
-    pipe: bool = False
+    # As a kernel runs: descriptors captured, a channel for forked children.
+    watchfd: bool | str = "force"
+    pipe: bool = True
     #: at most this many repetitions, whatever ``--repeat`` says (slow workloads)
     max_repeat: int | None = None
     notes: str = ""

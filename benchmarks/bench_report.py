@@ -190,6 +190,12 @@ def write_markdown(
     )
     if meta["mode"] != "full":
         out.append("**Quick mode: reduced sizes, not representative of the targets.**\n")
+    if meta.get("keep_write_order"):
+        out.append(
+            "**Ours ran with `OutStream.keep_write_order = True` (output kept in the "
+            "order written, as `python -m iostream kernel` runs): ipykernel has no such "
+            "thing.**\n"
+        )
     for m, why in meta.get("unavailable", {}).items():
         out.append(f"**Module `{m}` was not importable ({why}); it was not measured.**\n")
     out.append(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_common import (
+    KEEP_WRITE_ORDER_ENV,
     MIB,
     SESSION_KEY,
     TICK,
@@ -413,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
 
     mod = importlib.import_module(args.module)
     res["module_file"] = getattr(mod, "__file__", None)
+    if os.environ.get(KEEP_WRITE_ORDER_ENV) == "1" and hasattr(mod.OutStream, "keep_write_order"):
+        # Ours with output kept in the order written, as `python -m iostream kernel`
+        # runs (ipykernel has no such thing): the writes pay for it.
+        mod.OutStream.keep_write_order = True
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.XPUB)

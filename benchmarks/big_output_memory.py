@@ -82,7 +82,7 @@ def measure(kernel: str, limit: int | None) -> tuple[float, int, int]:
             before = int(_run(kc, PEAK)[0].split()[1])
             _, chars, messages = _run(kc, CELL)
             after = int(_run(kc, PEAK)[0].split()[1])
-            print(f'  ({kernel}: peak RSS {before / 1024:.0f} MB before the cell)')
+            print(f"  ({kernel}: peak RSS {before / 1024:.0f} MB before the cell)")
             return after / 1024, messages, chars
         finally:
             kc.stop_channels()

@@ -35,6 +35,7 @@ if str(BENCH_DIR) not in sys.path:
 
 from bench_common import (  # noqa: E402
     IPYKERNEL,
+    KEEP_WRITE_ORDER_ENV,
     MODULES,
     OURS,
     SHORT,
@@ -329,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"modules to compare (default {','.join(MODULES)})",
     )
     ap.add_argument(
+        "--keep-write-order",
+        action="store_true",
+        help="run ours with OutStream.keep_write_order = True, as `python -m iostream kernel`",
+    )
+    ap.add_argument(
         "--report-from",
         type=Path,
         default=None,
@@ -340,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)
     workloads = select_workloads(args.only)
     env = child_env()
+    if args.keep_write_order:
+        env[KEEP_WRITE_ORDER_ENV] = "1"
 
     modules: list[str] = []
     unavailable: dict[str, str] = {}
@@ -376,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(records, workloads, modules)
     meta = {
         "mode": "quick" if args.quick else "full",
+        "keep_write_order": args.keep_write_order,
         "repeat": repeat,
         "elapsed_s": elapsed,
         "python": platform.python_version(),

@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from iostream.app import cli
-from iostream.app.democells import DEMO_CELLS, DemoCell, render, select_cells
+from iostream.app.democells import (
+    DEMO_CELLS,
+    WORKERS_PRINT_INTO_THE_RUNNING_CELL,
+    DemoCell,
+    render,
+    select_cells,
+)
 from iostream.app.democompare import (
     IMMEDIATE_MS,
     KERNELS,
@@ -308,6 +314,22 @@ def test_select_cells_adds_prerequisites_in_notebook_order() -> None:
     assert len({c.key for c in DEMO_CELLS}) == len(DEMO_CELLS)  # keys are unique
 
 
+def test_the_order_cell_and_the_pool_pair_expect_issue_19s_behaviour() -> None:
+    by_key = {c.key: c for c in DEMO_CELLS}
+    order = by_key["fd-order"]
+    written = ["py 1\n", "sub 2\n", "fd 3\n", "py 4\n", "c 5\n", "py 6\n"]
+    assert order.ordered and order.lines == tuple(("stdout", t) for t in written)
+    assert order.stdout == ("".join(written),)
+    # The pair is in the demo only where the workers' lines belong to the using cell.
+    assert ("pool-used" in by_key) == WORKERS_PRINT_INTO_THE_RUNNING_CELL
+    if WORKERS_PRINT_INTO_THE_RUNNING_CELL:
+        assert [c.key for c in select_cells("pool-used")] == ["pool-made", "pool-used"]
+        assert by_key["pool-made"].lines == (("stdout", "pool made\n"),)
+        workers = {("stdout", f"pool worker line {i}\n") for i in range(4)}
+        lines = by_key["pool-used"].lines or ()
+        assert workers <= set(lines) and len(lines) == len(workers) + 2
+
+
 def test_compare_options_need_compare(capsys: pytest.CaptureFixture[str]) -> None:
     for args in (["demo", "--cells", "idle"], ["demo", "--compare", "--stock"]):
         with pytest.raises(SystemExit) as e:
@@ -358,5 +380,12 @@ def test_real_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "order" in cells["interleaved"]["results"]["stock"]["verdict"]
     assert cells["idle"]["results"]["stock"]["verdict"].startswith("held ~")
     assert cells["idle"]["results"]["stock"]["first_ms"] >= 200
+    # issue 19 (exit status 0 says so too; named here for the reader): fd-level and
+    # subprocess text in write order among prints, and fork Pool workers' lines
+    # under the cell that used the Pool (ipykernel 7's rule)
+    assert cells["fd-order"]["results"]["iostream"]["verdict"] == "ok", printed
+    if WORKERS_PRINT_INTO_THE_RUNNING_CELL:
+        for key in ("pool-made", "pool-used"):
+            assert cells[key]["results"]["iostream"]["verdict"] == "ok", printed
     for line in ("first output ms", "stdout and stderr interleaved", "exit status 0"):
         assert line in printed

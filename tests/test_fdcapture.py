@@ -94,6 +94,9 @@ def test_close_publishes_pipe_contents_restores_fds_and_leaks_nothing(tmp_path: 
         from childkit import Setup, report, open_fds
         k = Setup()
         stat_before = os.fstat(1)
+        # (One stream first: the group's inlets open one epoll descriptor, kept
+        # while the group lives, whatever the number of streams.)
+        k.module.OutStream(k.session, k.thread, "stdout", watchfd="force").close()
         before = open_fds()
         for cycle in range(100):
             out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
@@ -311,3 +314,145 @@ def test_descriptor_lines_never_cut_a_line_python_has_begun(tmp_path: Path) -> N
         + "C line\npyC parthon\nt\n"
     )
     assert run.result["text"] == expected, run.result
+
+
+def test_a_python_write_comes_after_descriptor_text_written_before_it(tmp_path: Path) -> None:
+    """``os.write(1, ...)``, a subprocess or C code, then ``print``: the descriptor's
+    text was written first, so it comes first. The writing thread takes in what
+    waits in the capture pipes before it queues its own text (issue 19); across
+    stdout and stderr too (one buffer keeps their order). (Text written to both
+    descriptors with no Python write between has no known order between them:
+    a pipe records no time. Each descriptor keeps its own.) The flush interval is
+    long, so nothing is published between the writes: only the taking in orders
+    them. ipykernel, and this library before, published ``py`` lines first."""
+    run = run_scenario(
+        """
+        import ctypes, os, subprocess, sys
+        from childkit import Setup, report
+        k = Setup()
+        k.module.OutStream.keep_write_order = True  # (on in the kernel app)
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        err = k.module.OutStream(k.session, k.thread, "stderr", watchfd="force")
+        for s in (out, err):
+            s.flush_interval = 30.0
+        libc = ctypes.CDLL(None)
+        for i in range(30):
+            out.write(f"py {i}\\n")
+            os.write(1, f"fd {i}\\n".encode())
+            err.write(f"err {i}\\n")
+            os.write(2, f"fd2 {i}\\n".encode())
+            out.write(f"py2 {i}\\n")
+            libc.printf(b"c %d\\n", i)
+            libc.fflush(None)
+        subprocess.run(["echo", "sub"], check=True)
+        out.write("last\\n")
+        out.flush()
+        err.flush()
+        k.wait_for(lambda: k.text().endswith("last\\n"), timeout=20)
+        runs = [(m["content"]["name"], m["content"]["text"]) for m in k.streams()]
+        out.close()
+        err.close()
+        report({"runs": runs})
+        """,
+        tmp_path,
+    )
+    written = []
+    for i in range(30):
+        written += [
+            ("stdout", f"py {i}\n"),
+            ("stdout", f"fd {i}\n"),
+            ("stderr", f"err {i}\n"),
+            ("stderr", f"fd2 {i}\n"),
+            ("stdout", f"py2 {i}\n"),
+            ("stdout", f"c {i}\n"),
+        ]
+    written += [("stdout", "sub\n"), ("stdout", "last\n")]
+    shown: list[tuple[str, str]] = []  # consecutive text of one stream, as a frontend joins it
+    for name, text in written:
+        if shown and shown[-1][0] == name:
+            shown[-1] = (name, shown[-1][1] + text)
+        else:
+            shown.append((name, text))
+    got: list[tuple[str, str]] = []
+    for name, text in run.result["runs"]:
+        if got and got[-1][0] == name:
+            got[-1] = (name, got[-1][1] + text)
+        else:
+            got.append((name, text))
+    assert got == shown
+
+
+def test_a_terminal_that_reads_nothing_never_stalls_the_writes(tmp_path: Path) -> None:
+    """The fd reader stuck echoing to a full terminal (the kernel's original
+    stdout, a pipe nobody reads) cannot take anything in: a write waits for it
+    at most TAKE_IN_TIMEOUT, then not again for LATE_PAUSE. (A first version
+    waited flush_timeout per descriptor, per write: 4 writes in 50 s.)"""
+    run = run_scenario(
+        """
+        import os, time
+        from childkit import Setup, report
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        try:
+            while True:
+                os.write(w, b"z" * 65536)
+        except BlockingIOError:
+            pass
+        os.set_blocking(w, True)
+        k = Setup()
+        os.dup2(w, 1)  # the "terminal": full, and nobody reads it
+        k.module.OutStream.keep_write_order = True
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        start = time.monotonic()
+        for i in range(100):
+            os.write(1, f"c {i}\\n".encode())  # the reader is stuck echoing
+            out.write(f"py {i}\\n")
+        took = time.monotonic() - start
+        ok = k.wait_for(lambda: "py 99" in k.text())
+        report({"took": took, "ok": ok})
+        os._exit(0)
+        """,
+        tmp_path,
+    )
+    assert run.result["ok"], run.result
+    assert run.result["took"] < 5.0, run.result
+
+
+def test_a_signal_handler_that_prints_while_a_write_takes_in_never_recurses(
+    tmp_path: Path,
+) -> None:
+    """A handler that prints runs while the interrupted write waits for a
+    reader (or holds the group's lock): its write must not wait for the reader
+    again (a first version stalled, then ended in RecursionError)."""
+    run = run_scenario(
+        """
+        import os, signal, time
+        from childkit import Setup, report
+        k = Setup()
+        k.module.OutStream.keep_write_order = True
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+        ticks = []
+        def handler(*args):
+            start = time.monotonic()
+            out.write("tick\\n")
+            ticks.append(time.monotonic() - start)
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)
+        error = None
+        try:
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                os.write(1, b"c\\n")
+                out.write("p\\n")
+        except BaseException as e:
+            error = repr(e)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        out.flush()
+        report({"error": error, "ticks": len(ticks), "worst": max(ticks, default=0)})
+        os._exit(0)
+        """,
+        tmp_path,
+    )
+    r = run.result
+    assert r["error"] is None and r["ticks"] > 10, r
+    assert r["worst"] < 2.0, r

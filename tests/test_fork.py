@@ -805,3 +805,47 @@ def test_a_stream_made_in_a_forked_child_is_line_buffered_to_the_parent(tmp_path
     r = run.result
     assert r["ok"] and r["status"] == 0, r
     assert r["texts"] == ["made in the child: one line\n"], r
+
+
+@pytest.mark.parametrize("rule", ["default", "inherit"])
+def test_a_childs_output_goes_where_a_threads_would(tmp_path: Path, rule: str) -> None:
+    """A forked child follows the kernel's rule for threads (issue 19): by default
+    (ipykernel 7's rule) its text goes to the cell running when it arrives, not the
+    cell that forked it; with threads inheriting their starter's context, to the
+    cell that forked it. A parent the child sets itself is kept either way."""
+    run = run_scenario(
+        f"""
+        import os
+        from childkit import Setup, report
+        import iostream.threadcontext as threadcontext
+        if {rule!r} == "inherit":
+            threadcontext.enable()
+        k = Setup()
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.set_parent({{"header": {{"msg_id": "cell 1"}}}})
+        to_child, from_parent = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.read(to_child, 1)  # cell 2 runs now
+            out.write("inherited\\n")
+            out.set_parent({{"header": {{"msg_id": "child's own"}}}})
+            out.write("own\\n")
+            out.flush()
+            os._exit(0)
+        out.set_parent({{"header": {{"msg_id": "cell 2"}}}})
+        os.write(from_parent, b"go")
+        _, status = os.waitpid(pid, 0)
+        ok = k.wait_for(lambda: "own" in k.text())
+        report({{
+            "ok": ok, "status": status,
+            "lines": [
+                (m["parent_header"].get("msg_id"), m["content"]["text"]) for m in k.streams()
+            ],
+        }})
+        """,
+        tmp_path,
+    )
+    r = run.result
+    assert r["ok"] and r["status"] == 0, r
+    expected = "cell 2" if rule == "default" else "cell 1"
+    assert r["lines"] == [[expected, "inherited\n"], ["child's own", "own\n"]], r

@@ -31,9 +31,10 @@ in the parent's buffer before the parent can learn that it exited.
 
 Datagram layout: ``kind, flags, pid, thread`` (``!cBIQ``) and the body, or a
 piece of it. A ``TEXT`` body is ``owner, len(name), len(parent)`` (``!QHI``), the
-stream name, the parent header as JSON and the text (UTF-8). A ``MESSAGE`` body
-is a serialized Jupyter message: each frame as its length (``!I``) and its
-bytes. A ``SYNC`` body is its token (``!Q``).
+stream name, the parent header as JSON (``null``: the cell running when it
+arrives) and the text (UTF-8). A ``MESSAGE`` body is a serialized Jupyter
+message: each frame as its length (``!I``) and its bytes. A ``SYNC`` body is its
+token (``!Q``).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ ACK_SLOTS = 64
 CLOSED = 1
 
 #: Called on the parent's IO thread with ``(owner, name, parent, text)`` of a TEXT record.
-TextHandler = Callable[[int, str, dict[str, Any], str], None]
+TextHandler = Callable[[int, str, dict[str, Any] | None, str], None]
 #: Called on the parent's IO thread with the frames of a MESSAGE record.
 MessageHandler = Callable[[list[bytes]], None]
 #: Where a child's text goes when the channel cannot take it.
@@ -142,9 +143,10 @@ class ChildChannel:
     ) -> None:
         """Hand stream text to the parent; return once the system holds it.
 
-        ``parent`` is the parent header as JSON. If the channel cannot take the
-        text within :attr:`send_timeout`, it goes to ``fallback`` instead (after
-        one note the first time). Any thread of a forked child.
+        ``parent`` is the parent header as JSON (``null``: the parent's running
+        cell). If the channel cannot take the text within :attr:`send_timeout`,
+        it goes to ``fallback`` instead (after one note the first time).
+        Any thread of a forked child.
         """
         raw_name = name.encode()
         body = b"".join(
@@ -377,7 +379,7 @@ def _wait_writable(sock: socket.socket, timeout: float) -> bool:
     return bool(select.select([], [sock], [], timeout)[1])
 
 
-def _unpack_text(body: bytes) -> tuple[int, str, dict[str, Any], str]:
+def _unpack_text(body: bytes) -> tuple[int, str, dict[str, Any] | None, str]:
     """Split a TEXT body into ``(owner, name, parent, text)``; ValueError if malformed."""
     try:
         owner, name_size, parent_size = _TEXT_HEAD.unpack_from(body)
@@ -388,8 +390,8 @@ def _unpack_text(body: bytes) -> tuple[int, str, dict[str, Any], str]:
     start += name_size
     parent = json.loads(body[start : start + parent_size])
     text = body[start + parent_size :].decode("utf-8", "replace")
-    if not isinstance(parent, dict):
-        raise ValueError("the parent of a text record is not an object")
+    if parent is not None and not isinstance(parent, dict):
+        raise ValueError("the parent of a text record is neither an object nor null")
     return owner, name, parent, text
 
 

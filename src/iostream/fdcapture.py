@@ -19,9 +19,10 @@ import threading
 from collections.abc import Callable
 from typing import ClassVar
 
-from . import forksafety, platform
+from . import forksafety, inlets, platform
 from .completion import Completion
 from .core import Utf8Decoder
+from .inlets import BusyMark
 from .locking import locked, new_lock
 
 logger = logging.getLogger("iostream")
@@ -72,7 +73,8 @@ class FdCapture:
         self._stop_read, self._stop_write = os.pipe()  # the control pipe
         self._waiters: list[Completion] = []
         self._waiters_lock = new_lock()
-        self._busy = False  # the reader holds bytes it has not delivered yet
+        # Held while the reader holds bytes it has not delivered yet (an inlet).
+        self.busy = BusyMark()
         self._finished = False  # the reader has ended (guarded by _waiters_lock)
         self._restored = False  # fd holds the original again (stop)
         self._released = False  # the pipe is closed (stop)
@@ -103,6 +105,7 @@ class FdCapture:
 
         However it ends, every sync waiter is woken and later syncs return at once.
         """
+        inlets.mark_reader_thread()  # (its writes never wait for a reader)
         poller = select.poll()
         poller.register(self.read_fd, select.POLLIN)
         poller.register(self._stop_read, select.POLLIN)
@@ -119,17 +122,16 @@ class FdCapture:
                         return
                     self._answer_syncs()
                     continue
-                self._busy = True
+                self.busy.set()
                 data = os.read(self.read_fd, READ_SIZE)
                 if not data:
                     self._deliver(self._decoder.finish())
                     return
                 self._handle(data)
-                self._busy = False
                 if len(data) < self._gather_below:
                     control.poll(GATHER_MS)
         finally:
-            self._busy = False
+            self.busy.clear()
             with self._waiters_lock:
                 self._finished = True
             self._wake_waiters()
@@ -164,11 +166,11 @@ class FdCapture:
 
     def _has_pending(self) -> bool:
         """Whether bytes wait in the pipe or in the reader's hands."""
-        if self._busy:
+        if self.busy.held:
             return True
         readable = _readable(self.read_fd)
         # Busy again: the reader may have taken the bytes between the two looks.
-        return readable or self._busy
+        return readable or self.busy.held
 
     def _answer_syncs(self) -> None:
         """Deliver what is in the pipe now, then wake those who asked before."""
@@ -192,7 +194,7 @@ class FdCapture:
         """
         budget = self._pipe_size
         while budget > 0:
-            self._busy = True  # before looking: a sync must not see an empty pipe
+            self.busy.set()  # before looking: a sync must not see an empty pipe
             if not _readable(self.read_fd):
                 break
             data = os.read(self.read_fd, min(READ_SIZE, budget))
@@ -200,10 +202,13 @@ class FdCapture:
                 break
             budget -= len(data)
             self._handle(data)
-        self._busy = False
+        self.busy.clear()
 
     def _handle(self, data: bytes) -> None:
+        """Deliver, then echo: the busy mark is cleared once delivered, so an echo
+        stuck on a terminal that reads nothing never holds a writer's take-in."""
         self._deliver(self._decoder.decode(data))
+        self.busy.clear()
         self._echo(data)
 
     def _deliver(self, text: str) -> None:
@@ -255,6 +260,7 @@ class FdCapture:
         for fd in (self.read_fd, self._stop_read, self._stop_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self.busy.close()
         return True
 
     def close(self, timeout: float = 10.0) -> None:

@@ -48,6 +48,7 @@ from tornado.ioloop import IOLoop
 from . import forksafety, platform
 from .childchannel import READ_BATCH, ChildChannel, Fallback, TextHandler
 from .completion import Completion
+from .inlets import BusyMark
 from .locking import locked, new_lock
 
 __all__ = ["CHILD", "MASTER", "PIPE_BUFFER_SIZE", "BackgroundSocket", "IOPubThread", "send_frames"]
@@ -178,8 +179,10 @@ class IOPubThread:
         self._stop_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._stopped_callbacks: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._warned_no_socket = False
-        # The channel from forked children (made by start() with pipe=True).
+        # The channel from forked children (made by start() with pipe=True), and
+        # the mark held while the IO thread reads it (see iostream.inlets).
         self._channel: ChildChannel | None = None
+        self._children_busy: BusyMark | None = None
         self._child_text_handler: TextHandler | None = None
         self._child_text_publish: Callable[[], None] | None = None
         self._is_xpub = _socket_type(socket) == zmq.XPUB
@@ -277,6 +280,7 @@ class IOPubThread:
                 return
             if self._pipe_flag:
                 try:
+                    self._children_busy = BusyMark()
                     self._channel = ChildChannel()
                 except OSError as error:  # (out of descriptors): no child output
                     logger.error("iostream: no channel for forked children: %s", error)
@@ -456,6 +460,8 @@ class IOPubThread:
                 sock.close(linger=0)
             if self._channel is not None:
                 self._channel.close()
+            if self._children_busy is not None:
+                self._children_busy.close()
         with contextlib.suppress(zmq.ZMQError):
             self._context.term()
 
@@ -511,8 +517,13 @@ class IOPubThread:
 
     def _io_read_children(self, _fd: Any = None, _events: int = 0) -> None:
         """Hand what forked children sent to the streams (text) or the socket."""
-        if self._channel is not None:
-            self._channel.read(self._child_text_handler, self._io_forward_child_message)
+        channel, busy = self._channel, self._children_busy
+        if channel is not None and busy is not None:
+            busy.set()  # (what is read is not yet delivered)
+            try:
+                channel.read(self._child_text_handler, self._io_forward_child_message)
+            finally:
+                busy.clear()
 
     def _io_read_all_children(self) -> None:
         """Hand on everything forked children sent so far (the thread is stopping);
@@ -633,6 +644,36 @@ class IOPubThread:
         """
         self._child_text_handler = handler
         self._child_text_publish = publish
+
+    @property
+    def children_fds(self) -> tuple[int, ...]:
+        """The descriptors to watch for forked children's text not yet taken in,
+        in the parent of a running ``pipe=True`` thread: the channel, and the
+        mark the IO thread holds while it reads it; else none. Any thread."""
+        channel, busy = self._channel, self._children_busy
+        if self.forked or channel is None or busy is None or self._state is not _State.RUNNING:
+            return ()
+        return (channel.reader.fileno(), busy.fd)
+
+    def take_in_children(self, timeout: float) -> bool:
+        """Have the IO thread take in what forked children sent so far (hand it
+        to the child text handler) before this returns; whether it did within
+        ``timeout`` seconds. True at once on the IO thread or without a running
+        thread. Any thread."""
+        if self.on_io_thread():
+            return True
+        done = Completion()
+        # Queued only while the thread runs, never run inline: after stop the
+        # channel is closed (and its descriptor numbers may be another's).
+        if not locked(self._lock, self._queue_if_running, (self._io_take_in_children, (done,), {})):
+            return True
+        return done.wait(timeout)
+
+    def _io_take_in_children(self, done: Completion) -> None:
+        try:
+            self._io_read_children()
+        finally:
+            done.set()
 
     @property
     def pipes_to_parent(self) -> bool:

@@ -21,7 +21,11 @@ fast path, which is taken only where the GIL is enabled (:data:`LOCK_FREE_WRITES
   :mod:`iostream.iothread`); a waiter is released by
   :class:`~iostream.completion.Completion`;
 * ``publisher_ident`` is stored by the publishing thread under ``publish_lock``
-  and compared by others only with their own ident.
+  and compared by others only with their own ident;
+* a writing thread that finds text waiting in the group's inlets waits (bounded)
+  for their readers to take it in (:mod:`iostream.inlets`), holding none of our
+  locks, and never on the IO thread or while it publishes itself: the readers may
+  be waiting for those.
 
 The lock order of the whole library, stated here only (a thread holding one may
 take only those after it):
@@ -34,10 +38,11 @@ take only those after it):
 4. leaves, under which nothing else is taken: the IO thread's ``_lock`` (its
    queue and state), fd capture's ``_waiters_lock``, a ``Completion``'s lock.
 
-Taken alone: ``streamgroup._groups_lock`` (when a stream is made) and
-``threadcontext._lock`` (enable, disable). The group's ``lock``, the thread's
-``_lock`` and fd capture's ``_waiters_lock`` are taken on writing threads through
-:func:`iostream.locking.locked`, so no KeyboardInterrupt can leave them held.
+Taken alone: ``streamgroup._groups_lock`` (when a stream is made),
+``threadcontext._lock`` (enable, disable) and an ``Inlets``' lock (add, remove).
+The group's ``lock``, the thread's ``_lock`` and fd capture's ``_waiters_lock``
+are taken on writing threads through :func:`iostream.locking.locked`, so no
+KeyboardInterrupt can leave them held.
 """
 
 from __future__ import annotations
@@ -113,6 +118,7 @@ class _FastWriter:
     __slots__ = (
         "group",
         "limit",
+        "line_open",
         "owner",
         "parent",
         "parent_global",
@@ -125,6 +131,9 @@ class _FastWriter:
         self.stream = stream
         self.group: StreamGroup | None = None
         self.limit = stream.max_buffer_chars
+        # The stream's latest text ended inside a line: the next write continues
+        # it and need not look for text waiting in the inlets (see take_in_first).
+        self.line_open = False
         self.owner = stream._owner
         self.parent = stream._parent_header
         self.parent_global: Parent = {}
@@ -163,7 +172,14 @@ class _FastWriter:
         # ``incoming_chars`` is a bound, reset whenever ``incoming`` is moved
         # into the buffer).
         group = self.group
-        if group is not None and group.flow.licensed and string.__class__ is str:
+        if group is not None and string.__class__ is str:
+            poll = group.inlets.poll  # (take_in_first, inlined: it runs for every write)
+            if poll is not None and string:
+                if not self.line_open and poll(0, 1):
+                    self.stream._take_in_waiting()
+                self.line_open = string[-1] != "\n"
+            if not group.flow.licensed:
+                return self.stream._write_checked(string)
             publisher = group.publisher_ident
             if (publisher is None or publisher != _get_ident()) and not (
                 group.awaiting and _get_ident() in group.awaiting
@@ -178,6 +194,17 @@ class _FastWriter:
                 return size
         return self.stream._write_checked(string)
 
+    def take_in_first(self, group: StreamGroup, string: str) -> None:
+        """Before ``string`` is queued: if it begins a line and text waits in the
+        group's inlets (fd capture pipes, the forked children's channel), have
+        that taken in first, so it keeps its place (:mod:`iostream.inlets`).
+        The writing thread."""
+        poll = group.inlets.poll
+        if poll is not None and string:
+            if not self.line_open and poll(0, 1):
+                self.stream._take_in_waiting()
+            self.line_open = string[-1] != "\n"
+
     def _append_if_licensed(self, group: StreamGroup, parent: Parent, string: str) -> int | None:
         """Queue ``string`` if the fast path is licensed; the characters then
         queued, or None. The group's lock held."""
@@ -191,6 +218,7 @@ class _FastWriter:
         append: nothing rests on the GIL. Any thread."""
         group = self.group
         if group is not None and string.__class__ is str:
+            self.take_in_first(group, string)
             publisher = group.publisher_ident
             # (Only this thread ever stores its own ident there: a stale value
             # read here is never this thread's.)
@@ -210,7 +238,8 @@ class OutStream(io.TextIOBase):
     ``OutStream(session, pub_thread, name)`` as in ipykernel; the name-first form
     ``OutStream("stdout", session, None)`` works too. Without a thread, text is
     published on the writing thread through ``session.send(None, "stream",
-    content, parent=..., ident=topic)`` at each newline, ``flush()`` and ``close()``.
+    content, parent=..., ident=topic)`` at each newline, the memory
+    bound, ``flush()`` and ``close()``.
     """
 
     #: Seconds ``flush()`` waits for the IO thread before giving up.
@@ -222,6 +251,12 @@ class OutStream(io.TextIOBase):
     #: Pending text above which ``write`` waits for a flush (bounds memory). The
     #: same as a message: a backlog that fits in one message goes out in one.
     max_buffer_chars: int = DEFAULT_MAX_MESSAGE_CHARS
+    #: Whether text from the captured descriptors (C code, subprocesses) and
+    #: forked children keeps its place among Python's writes (issue 19): before a
+    #: Python write that begins a line, what waits there is taken in first. Costs
+    #: one system call per such write (docs/performance.md), so it is off here and
+    #: on in ``python -m iostream kernel``. Read when the stream is made.
+    keep_write_order: bool = False
     topic: bytes | None = None
     encoding = "UTF-8"
     # Like ipykernel's, ``_original_stdstream_copy``, ``_original_stdstream_fd`` and
@@ -232,6 +267,8 @@ class OutStream(io.TextIOBase):
     _original_stdstream_fd: int
     _fid: int | None = None
     _exc: Any = None
+    # (A forked child's: see _after_fork_in_child.)
+    _inherited_parents: tuple[Parent, ...] = ()
 
     def __init__(
         self,
@@ -312,6 +349,7 @@ class OutStream(io.TextIOBase):
         self._should_watch = self._wants_fd_capture(watchfd)
         if self._should_watch:
             self._setup_stream_redirects(name)
+        self._watch_children()
         if type(self).write is OutStream.write:
             # Bound straight to the fast path, skipping one call. An instance
             # attribute, as ``write`` must be anyway (metakernel assigns it);
@@ -405,7 +443,7 @@ class OutStream(io.TextIOBase):
         elif do is Do.PUBLISH_LINES:
             self._publish_complete_lines()
         elif do is Do.FLUSH:
-            self.flush()  # bounds memory: the writer waits for the text to go
+            self._sink.relieve(self)  # bounds memory
         else:
             self._wake_timer()
 
@@ -428,8 +466,39 @@ class OutStream(io.TextIOBase):
         if publisher is not None and publisher == _get_ident():
             self._write_to_original(string)
         else:
+            if self._writer.group is None or string.__class__ is not str:
+                self._writer.take_in_first(self._group, string)  # (not done by write)
             self._buffer_text(string)
         return len(string)
+
+    def _take_in_waiting(self) -> None:
+        """Text waits in the group's inlets: have it taken in before this thread's
+        write is queued (bounded: see :mod:`iostream.inlets`). Not on the IO
+        thread, nor while this thread publishes or holds the group's lock: the
+        readers may be waiting for those. The writing thread."""
+        group = self._group
+        publisher = group.publisher_ident
+        thread = self._link
+        if (
+            (publisher is not None and publisher == _get_ident())
+            or (thread is not None and thread.on_io_thread())
+            or group.held_here()  # (a signal handler or __del__ that prints)
+        ):
+            return
+        group.inlets.take_in()
+
+    def _watch_children(self) -> None:
+        """Have forked children's text taken in before a write (an inlet), once
+        the thread's channel exists. Any thread."""
+        thread = self._link
+        if thread is None or not self.keep_write_order:
+            return
+        fds = thread.children_fds
+        group = self._group
+        if fds and group.children_fds != fds:
+            group.children_fds = fds
+            for fd in fds:
+                group.inlets.add(fd, thread.take_in_children)
 
     def writelines(self, lines: Iterable[str]) -> None:  # type: ignore[override]
         """Write each string of ``lines``. Any thread."""
@@ -467,6 +536,7 @@ class OutStream(io.TextIOBase):
             return
         if self._capture is not None:
             self._should_watch = False
+            self._forget_capture_inlets()
             self._capture.close(self.flush_timeout)
         self._writer.group = None  # from now on every write raises
         try:
@@ -558,6 +628,7 @@ class OutStream(io.TextIOBase):
         """Have the IO thread's timer flush; True if it will (else flushed here)."""
         thread = self._link
         if thread is not None and thread.running:
+            self._watch_children()  # (a stream made before the thread started)
             thread.schedule(self._io_on_timer)
             # The licence relies on the timer running before the thread stops.
             return thread.drains_before_stop
@@ -731,7 +802,12 @@ class OutStream(io.TextIOBase):
         if not self._session_pid_set:
             self._set_session_pid()  # display() from a child must work too
         try:
-            packed = self._group.pack_parent(parent)
+            if any(parent is p for p in self._inherited_parents) and (
+                not _forked_output_keeps_its_cell()
+            ):
+                packed = FOLLOW_RUNNING_CELL
+            else:
+                packed = self._group.pack_parent(parent)
             assert self._link is not None  # (a piping child has a thread)
             self._link.send_child_text(
                 self._owner, self.name, packed, text, self._write_to_original
@@ -767,6 +843,10 @@ class OutStream(io.TextIOBase):
     def _after_fork_in_child(self) -> None:
         # (forksafety) The session's pid is the parent's until the next send.
         self._session_pid_set = False
+        # The parents this process inherited (of the forking context, and the
+        # global one): text under them goes where a thread's would (see
+        # _send_to_parent); a parent set in this process keeps its own.
+        self._inherited_parents = (self._parent_header.get(_NO_CONTEXT), self._writer.parent_global)
         if self._publisher is not None:
             self._sink = FORKED_CHILD
 
@@ -850,19 +930,37 @@ class OutStream(io.TextIOBase):
         self._fid = self._capture.read_fd
         self._capture.start(self._watch_pipe_fd)
         self.watch_fd_thread = self._capture.thread
+        if self.keep_write_order:
+            # Text waiting in the pipe, or read and not yet delivered, is taken
+            # in before a Python write (in order).
+            for fd in (self._capture.read_fd, self._capture.busy.fd):
+                self._group.inlets.add(fd, self._capture.sync)
 
     def _end_fd_capture(self) -> None:
         """Stop capturing the fd: restore it and publish (or, with no way left to
         publish, echo) what is still in the pipe. The stream stays usable; the
         original's copy stays open for :meth:`fileno` and echo until :meth:`close`.
         Runs on the thread that stopped the IO thread, once it has stopped."""
+        group = self._group
+        thread = self._link
+        if thread is not None:  # (the thread stopped: its channel closes)
+            for fd in group.children_fds:
+                group.inlets.remove(fd, thread.take_in_children)
+        group.children_fds = ()
         if self._capture is not None:
             self._should_watch = False
+            self._forget_capture_inlets()
             self._capture.stop(self.flush_timeout)
             # Through the protocol, never a direct _flush: a stopped thread runs it
             # inline under its lock first (the lock order), and a thread stuck in a
             # publish (the stop timeout) gets it queued instead of blocking stop().
             self._run_on(self._link, self._flush)
+
+    def _forget_capture_inlets(self) -> None:
+        """Stop taking in from the capture's pipe (before it is closed)."""
+        if self._capture is not None:
+            for fd in (self._capture.read_fd, self._capture.busy.fd):
+                self._group.inlets.remove(fd, self._capture.sync)
 
     def _watch_pipe_fd(self) -> None:
         """Reader thread body: publish and echo what arrives on the pipe."""
@@ -923,10 +1021,34 @@ _OWN_PARENT_HEADER = OutStream.__dict__["parent_header"]
 # them: bound to the group, not to a stream that may be collected).
 
 
+#: The parent header a forked child sends (JSON) for text that goes to the cell
+#: running when it arrives: the parent's global parent then.
+FOLLOW_RUNNING_CELL = b"null"
+
+
+def _forked_output_keeps_its_cell() -> bool:
+    """Whether a forked child's output stays with the cell that forked it, rather
+    than going to the cell running when it arrives.
+
+    A forked child follows the rule of the kernel's threads, as if it were a
+    thread started at the fork: ipykernel 7's rule (a thread that set no parent
+    prints into the running cell), unless threads inherit their starter's
+    context (:mod:`iostream.threadcontext` enabled: the cell that forked it), or
+    ipykernel 6 is the kernel (its own rule: the cell that forked it). Any thread.
+    """
+    threadcontext = sys.modules.get("iostream.threadcontext")
+    if threadcontext is not None and threadcontext.enabled():
+        return True
+    version = getattr(sys.modules.get("ipykernel"), "version_info", None)
+    return isinstance(version, tuple) and bool(version) and version[0] < 7
+
+
 def _io_receive_child_text(
-    group: StreamGroup, owner: int, name: str, parent: Parent, text: str
+    group: StreamGroup, owner: int, name: str, parent: Parent | None, text: str
 ) -> None:
-    """Buffer text a forked child wrote to its copy of one of ``group``'s streams.
+    """Buffer text a forked child wrote to its copy of one of ``group``'s streams;
+    ``parent`` None: under the cell running now (see
+    :func:`_forked_output_keeps_its_cell`).
 
     IO thread only (the thread's child text handler).
     """
@@ -936,6 +1058,8 @@ def _io_receive_child_text(
     if stream is None:
         logger.warning("iostream: dropped %s output of a child: no such stream", name)
         return
+    if parent is None:
+        parent = stream._writer.parent_global
     stream._buffer_under(parent, text, source="child")
 
 
@@ -967,11 +1091,17 @@ class _Sink:
         """Send ``text``, taken from the buffer, on its way. Never raises."""
         stream._send_messages(parent, text)
 
+    def relieve(self, stream: OutStream) -> None:
+        """The backlog passed the memory bound: publish it, on the writing
+        thread or waiting (bounded) for the thread that publishes."""
+        stream.flush()
+
 
 class _NoThread(_Sink):
     """No IO thread (``OutStream(session, None, name)``): the writing thread
     publishes through ``session.send`` (at each newline, as the policy of a
-    line-buffered group answers; at ``flush()`` and ``close()``)."""
+    line-buffered group answers; at the memory bound, ``flush()`` and
+    ``close()``)."""
 
     def flush(self, stream: OutStream, deadline: float) -> bool:
         stream._flush()
@@ -1008,6 +1138,11 @@ class _ForkedChild(_Sink):
         stream._flush()  # hands the text to the parent's channel, on this thread
         thread = stream._link
         return thread is None or thread.wait_delivered(max(0.0, deadline - _monotonic()))
+
+    def relieve(self, stream: OutStream) -> None:
+        # Handed to the channel, whose sends wait (bounded) while the parent's
+        # buffer is full: no need to wait for the parent to have read it.
+        stream._flush()
 
     def publish(self, stream: OutStream, parent: Parent, text: str) -> None:
         thread = stream._link

@@ -21,6 +21,7 @@ from jupyter_client.jsonutil import json_default
 from . import forksafety
 from .core import Chunk, OutputBuffer, Parent, parent_key
 from .core.policy import Do, Event, FlushState
+from .inlets import Inlets
 from .locking import locked, new_lock
 
 logger = logging.getLogger("iostream")
@@ -58,6 +59,10 @@ class StreamGroup:
         self.members: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self.forked = False  # this process is a fork of the one that made the group
         self.threaded = threaded  # an IO thread publishes (else the writers do)
+        # Where text from outside the Python streams waits (fd capture pipes, the
+        # children's channel), taken in before a write; and the channel's fds.
+        self.inlets = Inlets()
+        self.children_fds: tuple[int, ...] = ()
         self._renew()
         forksafety.register(self)
 
@@ -171,9 +176,15 @@ class StreamGroup:
         self._rewatch()
         return answer
 
+    def held_here(self) -> bool:
+        """Whether the calling thread holds the group's ``lock`` or
+        ``publish_lock`` (a signal handler or ``__del__`` that writes while the
+        thread it interrupted was inside). Any thread."""
+        return bool(self.lock._is_owned() or self.publish_lock._is_owned())  # type: ignore[attr-defined]
+
     def awaited(self) -> bool:
         """Whether the calling thread set a new parent and has not written under
-        it since: its next write must take the checked path (:meth:`promise`).
+        it since: its next write must take the checked path (:meth:`written`).
         Any thread; without the lock (a thread only ever finds its own ident)."""
         awaiting = self.awaiting
         return bool(awaiting) and threading.get_ident() in awaiting

@@ -19,8 +19,9 @@ The protocol:
   before the thread stops. Only then may a stream let writes skip the lock (the
   licence of :mod:`iostream.core.policy` relies on the promised timer running);
 * the forked-child link: ``pipes_to_parent``, ``send_child_text``,
-  ``wait_delivered`` and ``set_child_text_handler`` (see
-  :class:`iostream.IOPubThread`).
+  ``wait_delivered`` and ``set_child_text_handler``; in the parent,
+  ``children_fds`` and ``take_in_children`` (children's text taken in before a
+  write, see :mod:`iostream.inlets`) (see :class:`iostream.IOPubThread`).
 
 This module imports neither :mod:`iostream.iothread` nor
 :mod:`iostream.outstream`, so neither needs the other for its types.
@@ -33,11 +34,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 #: ``handler(owner, name, parent, text)``: stream text a forked child sent.
-ChildTextHandler = Callable[[int, str, dict[str, Any], str], None]
+ChildTextHandler = Callable[[int, str, dict[str, Any] | None, str], None]
 
 #: The attributes (besides the methods below) of the protocol: all of
 #: :class:`IOThread`'s, so an object is used without a StandIn only if it has them all.
-ATTRIBUTES = ("drains_before_stop", "running", "stopping", "pipes_to_parent")
+ATTRIBUTES = ("drains_before_stop", "running", "stopping", "pipes_to_parent", "children_fds")
 
 #: The methods of the protocol.
 PROTOCOL = (
@@ -50,6 +51,7 @@ PROTOCOL = (
     "set_child_text_handler",
     "send_child_text",
     "wait_delivered",
+    "take_in_children",
 )
 
 
@@ -66,6 +68,11 @@ class IOThread(Protocol):
 
     @property
     def pipes_to_parent(self) -> bool: ...
+
+    @property
+    def children_fds(self) -> tuple[int, ...]: ...
+
+    def take_in_children(self, timeout: float) -> bool: ...
 
     def schedule(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
 
@@ -117,6 +124,15 @@ class StandIn:
     def pipes_to_parent(self) -> bool:
         """Always False: output of forked children is not ours to route here."""
         return False
+
+    @property
+    def children_fds(self) -> tuple[int, ...]:
+        """Always empty: a foreign thread has no channel of ours."""
+        return ()
+
+    def take_in_children(self, timeout: float) -> bool:
+        """Always True: nothing to take in."""
+        return True
 
     def schedule(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """The wrapped thread's ``schedule``."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ipykernel
 from labkit import (
     Cell,
     CellView,
@@ -38,6 +39,9 @@ MARKER = "ALL CELLS DONE"
 PROGRESSIVE_GATE = "gate-progressive"
 #: Lines of the large-output cell, and how wide each is.
 LARGE_LINES = 20_000
+#: ipykernel 6.x sends a thread's (so a forked worker's) output to the cell that
+#: started it, as ``--thread-inherit-context`` does; 7.x to the cell running then.
+THREADS_KEEP_THEIR_CELL = int(ipykernel.__version__.split(".")[0]) < 7
 
 Problems = list[str]
 Views = Mapping[str, CellView]
@@ -100,6 +104,29 @@ def lines_as_multiset(key: str, lines: Sequence[str], last: str) -> Callable[[Vi
             problems.append(f"lines missing: {sorted(missing.elements())}")
         if extra:
             problems.append(f"unexpected or mangled lines: {sorted(extra.elements())[:20]}")
+        return problems
+
+    return check
+
+
+def first_any_last(
+    key: str, first: str, lines: Sequence[str], last: str | None = None
+) -> Callable[[Views], Problems]:
+    """Check: one stdout output, no stderr; its first line is ``first``, its last
+    ``last`` (if given), and those between are ``lines`` in any order, each whole."""
+
+    def check(views: Views) -> Problems:
+        v = views[key]
+        problems: Problems = []
+        if [name for name, _ in v.streams()] != ["stdout"]:
+            problems.append(f"outputs {_show(v.streams())}, expected one stdout output")
+        got = v.stream_text("stdout").splitlines()
+        ends = [first] if last is None else [first, last]
+        if got[:1] != [first] or (last is not None and got[-1:] != [last]):
+            problems.append(f"stdout {got!r} does not go {ends[0]!r} ... {ends[-1]!r}")
+        body = got[1:] if last is None else got[1:-1]
+        if sorted(body) != sorted(lines):
+            problems.append(f"lines between are {body!r}, expected {sorted(lines)!r} in any order")
         return problems
 
     return check
@@ -322,6 +349,82 @@ POOL = NbCell(
     ),
 )
 
+FD_ORDER_TEXT = "py 1\nsub 2\nfd 3\npy 4\nc 5\npy 6\n"
+FD_ORDER = NbCell(
+    "fd_order",
+    "print, subprocess, os.write and C printf: shown in write order (issue 19)",
+    _src(
+        """
+        print('py 1')
+        subprocess.run(['echo', 'sub 2'])
+        os.write(1, b'fd 3\\n')
+        print('py 4')
+        libc = ctypes.CDLL(None); libc.printf(b'c 5\\n'); libc.fflush(None)
+        print('py 6')
+        """
+    ),
+    exact("fd_order", ("stdout", FD_ORDER_TEXT)),
+)
+
+PAIR_ITEMS = 4
+PAIR_WORKER_LINES = [f"pair worker line {i}" for i in range(PAIR_ITEMS)]
+PAIR_RESULT = str([i * i for i in range(PAIR_ITEMS)])
+
+
+def _pool_pair_cells(rule: str) -> list[NbCell]:
+    """A fork Pool made in one cell (its workers print nothing there) and used in the
+    next: the workers' lines are under the using cell by the ``default`` rule
+    (ipykernel 7's; 6.x's is the cell that forked them), under the making cell by
+    ``inherit``'s."""
+    into_making = rule == "inherit" or THREADS_KEEP_THEIR_CELL
+    made_check = (
+        first_any_last("pool_made", "pool made", PAIR_WORKER_LINES)
+        if into_making
+        else exact("pool_made", ("stdout", "pool made\n"))
+    )
+    used_check = (
+        exact("pool_used", ("stdout", f"mapping\n{PAIR_RESULT}\npool closed\n"))
+        if into_making
+        else first_any_last(
+            "pool_used", "mapping", [*PAIR_WORKER_LINES, PAIR_RESULT], "pool closed"
+        )
+    )
+    return [
+        NbCell(
+            "pool_made",
+            "a fork Pool made here; its workers print nothing in this cell",
+            _src(
+                """
+                warnings.filterwarnings(
+                    "ignore", "This process .* is multi-threaded", DeprecationWarning
+                )
+                def pair_work(i):
+                    print(f"pair worker line {i}")
+                    sys.stdout.flush()
+                    return i * i
+                pair_pool = mp.get_context("fork").Pool(2)
+                print("pool made")
+                """
+            ),
+            made_check,
+        ),
+        NbCell(
+            "pool_used",
+            "the Pool used in the next cell (map returns after every worker printed)",
+            _src(
+                f"""
+                print("mapping")
+                print(pair_pool.map(pair_work, range({PAIR_ITEMS})))
+                pair_pool.close()
+                pair_pool.join()
+                print("pool closed")
+                """
+            ),
+            used_check,
+        ),
+    ]
+
+
 ORDER = NbCell(
     "order",
     "stdout and stderr alternating, unflushed then flushed",
@@ -400,7 +503,9 @@ def main_notebook() -> list[NbCell]:
         *_thread_cells("default"),
         SUBPROCESS,
         C_PRINTF,
+        FD_ORDER,
         POOL,
+        *_pool_pair_cells("default"),
         ORDER,
         PROGRESS,
         LARGE,
@@ -410,8 +515,9 @@ def main_notebook() -> list[NbCell]:
 
 
 def optin_notebook() -> list[NbCell]:
-    """The thread and thread-pool scenarios, checked under ``--thread-inherit-context``."""
-    return [SETUP, *_thread_cells("inherit"), FINAL]
+    """The thread, thread-pool and fork Pool scenarios, checked under
+    ``--thread-inherit-context``."""
+    return [SETUP, *_thread_cells("inherit"), *_pool_pair_cells("inherit"), FINAL]
 
 
 def views_by_key(cells: Sequence[NbCell], views: Sequence[CellView]) -> dict[str, CellView]:

@@ -5,8 +5,9 @@ kernelspec, runs all cells through ``notebook:run-all-cells`` and reads every ce
 outputs from the DOM (stdout/stderr by ``data-mime-type``).
 
 - ``test_iostream_notebook``: every scenario on ``python -m iostream kernel``.
-- ``test_thread_inherit_context_notebook``: threads and thread-pool work print into
-  the cell that started them, on ``python -m iostream kernel --thread-inherit-context``.
+- ``test_thread_inherit_context_notebook``: threads, thread-pool work and fork Pool
+  workers print into the cell that started them, on
+  ``python -m iostream kernel --thread-inherit-context``.
 - ``test_stock_differences``: the same notebook on stock ipykernel, recording (not
   failing on) where its page differs from iostream's expectations.
 

@@ -108,10 +108,14 @@ class RunningCluster:
     def __init__(self, kind: str, root: Path) -> None:
         self.kind = kind
         self.profile_dir = root / f"profile-{kind}"
+        self.client: Any = None
+        self._new_cluster()
+
+    def _new_cluster(self) -> None:
         self.cluster = ipp.Cluster(
             n=N_ENGINES,
             profile_dir=str(self.profile_dir),
-            cluster_id=f"e2e-{kind}-{uuid.uuid4().hex[:8]}",
+            cluster_id=f"e2e-{self.kind}-{uuid.uuid4().hex[:8]}",
             controller_ip="127.0.0.1",
             delay=0,
             engine_timeout=int(START_TIMEOUT),
@@ -119,18 +123,35 @@ class RunningCluster:
         )
         config = self.cluster.config
         config.LocalControllerLauncher.connection_info_timeout = START_TIMEOUT
-        config.LocalEngineSetLauncher.engine_cmd = [sys.executable, "-c", ENGINE_LAUNCHER, kind]
+        config.LocalEngineSetLauncher.engine_cmd = [
+            sys.executable,
+            "-c",
+            ENGINE_LAUNCHER,
+            self.kind,
+        ]
         # the engines import the same iostream as these tests
         config.LocalEngineSetLauncher.environment = {"PYTHONPATH": kernel_env()["PYTHONPATH"]}
-        self.client: Any = None
 
     def start(self) -> None:
-        """Start the controller and engines, connect, wait for the engines (bounded)."""
-        try:
-            self.client = self.cluster.start_and_connect_sync(n=N_ENGINES)
-            assert len(self.client.ids) == N_ENGINES, self.client.ids
-        except BaseException as e:
-            raise RuntimeError(f"{self.kind} cluster did not start: {e!r}\n{self.logs()}") from e
+        """Start the controller and engines, connect, wait for the engines (bounded).
+
+        Started once more, as a new cluster, if the controller lost a race for a
+        port: ipyparallel picks free ports and binds them later, in other
+        processes (seen in CI: "Address already in use" from its heart monitor,
+        while the other cluster started beside it). Any other failure fails."""
+        for attempt in (1, 2):
+            try:
+                self.client = self.cluster.start_and_connect_sync(n=N_ENGINES)
+                assert len(self.client.ids) == N_ENGINES, self.client.ids
+                return
+            except BaseException as e:
+                logs = self.logs()
+                if attempt == 1 and "Address already in use" in logs:
+                    self.stop()
+                    self.client = None
+                    self._new_cluster()
+                    continue
+                raise RuntimeError(f"{self.kind} cluster did not start: {e!r}\n{logs}") from e
 
     def logs(self) -> str:
         """The tails of the controller's and engines' own output (removed on stop)."""

@@ -82,12 +82,16 @@ def run_kernel(kernel_args: Sequence[str]) -> int:
     ``[sys.argv[0], *kernel_args]`` as under ``python -m ipykernel_launcher``, except
     ``--thread-inherit-context``, which is taken out and turns on
     :func:`iostream.threadcontext.enable` (threads print into the cell that started
-    them). Like
+    them). The kernel's streams keep the order written with C code, subprocesses
+    and forked children (:attr:`iostream.OutStream.keep_write_order`). Like
     ipykernel's launcher, the current directory is removed from the front of
     ``sys.path`` while ipykernel loads (IPython puts it back for user code).
     """
-    from iostream import integration, threadcontext
+    from iostream import OutStream, integration, threadcontext
 
+    # The kernel is where output order matters; the library leaves it off (its
+    # cost, one system call per line, is over the benchmarks' budget).
+    OutStream.keep_write_order = True
     kernel_args = list(kernel_args)
     if THREAD_INHERIT_CONTEXT in kernel_args:
         kernel_args.remove(THREAD_INHERIT_CONTEXT)

@@ -6,6 +6,7 @@ cells' expectations are stated in.
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import textwrap
 from collections.abc import Sequence
@@ -60,6 +61,73 @@ def _src(text: str) -> str:
 
 def _out(*texts: str) -> tuple[Line, ...]:
     return tuple(("stdout", t) for t in texts)
+
+
+def _ipykernel_major() -> int:
+    """The installed ipykernel's major version (7 if it cannot be told)."""
+    try:
+        return int(importlib.metadata.version("ipykernel").split(".")[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return 7
+
+
+#: Whether a thread's output, and so a forked worker's, goes to the cell running when
+#: it arrives (ipykernel 7's rule); ipykernel 6.x sends it to the cell that started the
+#: thread, which a cell-by-cell check cannot tell from output arriving after that
+#: cell's idle status, so the fork Pool pair is in the demo only under 7's rule.
+WORKERS_PRINT_INTO_THE_RUNNING_CELL = _ipykernel_major() >= 7
+
+#: What the order cell writes, one line each, in write order (issue 19).
+FD_ORDER_LINES = ("py 1\n", "sub 2\n", "fd 3\n", "py 4\n", "c 5\n", "py 6\n")
+#: What the Pool's workers print in the pool-used cell, and what map returns.
+POOL_PAIR_ITEMS = 4
+POOL_WORKER_LINES = tuple(f"pool worker line {i}\n" for i in range(POOL_PAIR_ITEMS))
+POOL_PAIR_RESULT = f"{[i * i for i in range(POOL_PAIR_ITEMS)]}\n"
+
+#: A fork Pool made in one cell (its workers print nothing there) and used in the next:
+#: under ipykernel 7's rule the workers' lines belong to the using cell, which is
+#: running when they print.
+POOL_PAIR: tuple[DemoCell, ...] = (
+    DemoCell(
+        "fork Pool made in one cell (workers print nothing here)",
+        _src(
+            """
+            import multiprocessing, sys, warnings
+            warnings.filterwarnings(
+                "ignore", "This process .* is multi-threaded", DeprecationWarning
+            )
+
+            def pool_work(i):
+                print(f"pool worker line {i}")
+                sys.stdout.flush()
+                return i * i
+
+            pair_pool = multiprocessing.get_context("fork").Pool(2)
+            print("pool made")
+            """
+        ),
+        stdout=("pool made\n",),
+        key="pool-made",
+        lines=_out("pool made\n"),
+    ),
+    DemoCell(
+        "the Pool used in the next cell: its workers print here",
+        _src(
+            f"""
+            print("mapping")
+            print(pair_pool.map(pool_work, range({POOL_PAIR_ITEMS})))
+            pair_pool.close()
+            pair_pool.join()
+            """
+        ),
+        stdout=("mapping\n", *POOL_WORKER_LINES, POOL_PAIR_RESULT),
+        key="pool-used",
+        # the two workers' lines come in either order, between these two
+        lines=_out("mapping\n", *POOL_WORKER_LINES, POOL_PAIR_RESULT),
+        ordered=False,
+        needs=("pool-made",),
+    ),
+)
 
 
 DEMO_CELLS: tuple[DemoCell, ...] = (
@@ -169,6 +237,23 @@ DEMO_CELLS: tuple[DemoCell, ...] = (
         lines=_out("from C printf\n"),
     ),
     DemoCell(
+        "print, subprocess, os.write and C printf in write order",
+        _src(
+            """
+            import os, subprocess, ctypes
+            print('py 1')
+            subprocess.run(['echo', 'sub 2'])
+            os.write(1, b'fd 3\\n')
+            print('py 4')
+            libc = ctypes.CDLL(None); libc.printf(b'c 5\\n'); libc.fflush(None)
+            print('py 6')
+            """
+        ),
+        stdout=("".join(FD_ORDER_LINES),),
+        key="fd-order",
+        lines=_out(*FD_ORDER_LINES),
+    ),
+    DemoCell(
         "multiprocessing fork Pool.map printing in workers",
         _src(
             """
@@ -257,6 +342,7 @@ DEMO_CELLS: tuple[DemoCell, ...] = (
         immediate=True,
         needs=("idle",),
     ),
+    *(POOL_PAIR if WORKERS_PRINT_INTO_THE_RUNNING_CELL else ()),
 )
 
 

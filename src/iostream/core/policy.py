@@ -33,8 +33,8 @@ FLUSH       any              IDLE: the promised flush (timer, stop) or a flush
                              that ends the promise took everything
 KEEP_FLUSH  LICENSED         LICENSED: an explicit flush on a running IO thread
                              took everything, and the promised timer still comes
-KEEP_FLUSH  IDLE, PROMISED   IDLE (an unlicensed promise is not kept: its timer
-                             finds nothing promised and stops)
+KEEP_FLUSH  IDLE, PROMISED   IDLE (an unlicensed promise is not kept; on_flush
+                             tells FLUSH then, and answers to cancel its timer)
 TOOK_TEXT   any              unchanged; ``now`` is the time of the latest flush
                              (a take found text), which the timing rules use
 REQUEUE     IDLE             PROMISED (text was put back: it is owed a flush, by
