@@ -66,6 +66,9 @@ _HEAD = struct.Struct("!cBIQ")
 _TEXT_HEAD = struct.Struct("!QHI")
 _FRAME_HEAD = struct.Struct("!I")
 _TOKEN = struct.Struct("!Q")
+#: The parent header (JSON) of text that goes to the cell running when it
+#: arrives (the parent's global parent then), wherever the child was forked.
+FOLLOW_RUNNING_CELL = b"null"
 
 #: The most bytes a child puts in one datagram (it halves this if the system refuses).
 RECORD_BYTES = 64 * 1024

@@ -1,7 +1,10 @@
 """The IOPub thread: one daemon thread that owns the IOPub socket.
 
 Thread affinity, stated once: methods whose names start with ``_io_`` run on the
-IO thread only. Every other public method may be called from any thread.
+IO thread only, and so do the timers (:meth:`IOPubThread.call_later`,
+:meth:`IOPubThread.cancel_timer`: the loop is not thread-safe). :meth:`IOPubThread.stop`
+and :meth:`IOPubThread.close` may be called from any thread but the IO thread.
+Every other public method may be called from any thread.
 
 The one cross-thread primitive is :meth:`IOPubThread.schedule`. Its guarantee:
 
@@ -9,9 +12,11 @@ The one cross-thread primitive is :meth:`IOPubThread.schedule`. Its guarantee:
   IO thread while it runs, else at once on the caller's thread (serialised by a
   lock, so two threads never use the socket together);
 * every ``schedule`` call that has returned runs before :meth:`IOPubThread.stop`
-  returns (unless a scheduled call blocks past the stop timeout, which is logged);
+  returns, unless a scheduled call blocks past ``stop_timeout`` (30 s): ``stop``
+  then logs an error and returns;
 * it never blocks on the IO thread: it appends to a deque under a short lock and
-  wakes the thread through an inproc pipe only if the thread is not already awake.
+  wakes the thread through an inproc pipe only if the thread is not already awake;
+* an exception raised by a scheduled call is logged, never propagated.
 
 Only the IO thread ever sends on the socket while the thread runs, so a signal
 handler (Ctrl-C's KeyboardInterrupt), which Python runs on the main thread, can
@@ -350,7 +355,9 @@ class IOPubThread:
             socket.close()
 
     def add_stop_callback(self, callback: Callable[[], None]) -> None:
-        """Have the bound method ``callback`` run on the IO thread when stopping.
+        """Have the bound method ``callback`` run when stopping: on the IO thread,
+        or, for a thread that never ran, on the thread calling :meth:`stop`, as a
+        call run inline (under the lock that serialises those).
 
         Held weakly: it is forgotten when its object is collected. Any thread.
         """
@@ -442,8 +449,9 @@ class IOPubThread:
     def _run_callbacks(self, refs: list[weakref.WeakMethod[Callable[[], None]]]) -> None:
         """Run the live callbacks of ``refs`` here.
 
-        Not under ``_inline_lock``: a stream ending its fd capture (a stopped
-        callback) waits for its reader, which may be running a call inline."""
+        The stopped callbacks never run under ``_inline_lock``: a stream ending its
+        fd capture there waits for its reader, which may be running a call inline.
+        (The stop callbacks of a thread that never ran do: see :meth:`stop`.)"""
         with self._lock:
             alive = [ref() for ref in refs]
         for callback in alive:

@@ -4,7 +4,7 @@ Thread affinity: ``write``, ``writelines``, ``flush``, ``close``, the parent and
 methods may be called from any thread. Methods whose names start with ``_io_`` run
 on the IO thread only. ``_flush`` runs on the IO thread, or on the calling thread
 when there is no running IO thread (before ``start``, after ``stop``, without a
-thread at all).
+thread at all) and in a forked child (which hands its text to the parent there).
 
 Streams that publish through the same thread share one ordered buffer (a
 ``StreamGroup``, :mod:`iostream.streamgroup`), so text written to stdout and then
@@ -40,9 +40,9 @@ take only those after it):
 
 Taken alone: ``streamgroup._groups_lock`` (when a stream is made),
 ``threadcontext._lock`` (enable, disable) and an ``Inlets``' lock (add, remove).
-The group's ``lock``, the thread's ``_lock`` and fd capture's ``_waiters_lock``
-are taken on writing threads through :func:`iostream.locking.locked`, so no
-KeyboardInterrupt can leave them held.
+The group's ``lock``, the thread's ``_lock``, fd capture's ``_waiters_lock`` and
+an ``Inlets``' lock are taken on writing threads through
+:func:`iostream.locking.locked`, so no KeyboardInterrupt can leave them held.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from typing import Any
 from jupyter_client.session import extract_header
 
 from . import forksafety
+from .childchannel import FOLLOW_RUNNING_CELL
 from .completion import Completion
 from .core import (
     DEFAULT_MAX_MESSAGE_CHARS,
@@ -330,9 +331,7 @@ class OutStream(io.TextIOBase):
         )
         # Where text goes in this process state (see _Sink); swapped at fork. (A
         # stream made in a forked child finds its group forked already.)
-        self._sink: _Sink = (
-            NO_THREAD if pub_thread is None else FORKED_CHILD if self._group.forked else ON_THREAD
-        )
+        self._sink = _sink_for(pub_thread is not None, self._group.forked)
         self._fd_line_open = False  # the fd reader's last read ended inside a line
         self._owner = id(self)
         # Before anything can write (the fd reader below): holds the global parent.
@@ -660,8 +659,9 @@ class OutStream(io.TextIOBase):
 
     def _flush_whole_group(self) -> None:
         """Publish everything pending in the group, this stream's text included
-        through its own ``_flush`` where its class overrides it; ends the flush
-        promise. The timer's flush and the stop callback. Where :meth:`_flush` runs."""
+        through its own ``_flush`` where its class overrides it (spyder-kernels
+        filters there); ends the flush promise. The timer's flush and the stop
+        callback: where :meth:`_flush` runs (see the module docstring)."""
         self._flush_group(route_self=True)
 
     def _run_on(self, thread: IOThread | None, f: Callable[[], None]) -> None:
@@ -785,13 +785,15 @@ class OutStream(io.TextIOBase):
         """Send ``text`` as one or more stream messages. Never raises."""
         self._sink.publish(self, parent, make_publishable(text))
 
-    def _send_messages(self, parent: Parent, text: str) -> None:
+    def _send_messages(
+        self, parent: Parent, text: str, send: Callable[[dict[str, str], Parent], None]
+    ) -> None:
         """Send ``text`` as stream messages of at most ``max_message_chars``,
-        through :meth:`_send`. Never raises."""
+        each through ``send``. Never raises."""
         for piece in split_text(text, self.max_message_chars):
             content = {"name": self.name, "text": piece}
             try:
-                self._send(content, parent)
+                send(content, parent)
             except Exception:
                 logger.exception("iostream: publishing %s output failed", self.name)
 
@@ -815,14 +817,16 @@ class OutStream(io.TextIOBase):
         except Exception:
             logger.exception("iostream: handing %s output to the parent failed", self.name)
 
+    def _send_without_thread(self, content: dict[str, str], parent: Parent) -> None:
+        """One message of a stream without an IO thread. The first argument of
+        ``session.send`` is the socket, as ipykernel passes it (``pub_thread``,
+        None here): a real Session builds and signs the message and sends
+        nothing, without an error."""
+        self.session.send(None, "stream", content, parent=parent, ident=self.topic)
+
     def _send(self, content: dict[str, str], parent: Parent) -> None:
+        """One message through the thread's socket, after the hooks."""
         session = self.session
-        if self._publisher is None:
-            # The first argument is the socket, as ipykernel passes it
-            # (``self.pub_thread``, None here): a real Session then builds and
-            # signs the message and sends nothing, without an error.
-            session.send(None, "stream", content, parent=parent, ident=self.topic)
-            return
         if not self._session_pid_set:
             self._set_session_pid()  # the thread, not Session, handles forks
         msg: dict[str, Any] | None = session.msg("stream", content, parent=parent)
@@ -847,8 +851,7 @@ class OutStream(io.TextIOBase):
         # global one): text under them goes where a thread's would (see
         # _send_to_parent); a parent set in this process keeps its own.
         self._inherited_parents = (self._parent_header.get(_NO_CONTEXT), self._writer.parent_global)
-        if self._publisher is not None:
-            self._sink = FORKED_CHILD
+        self._sink = _sink_for(self._publisher is not None, forked=True)
 
     def _run_hook(self, hook: Hook, msg: dict[str, Any]) -> dict[str, Any] | None:
         try:
@@ -1017,15 +1020,6 @@ class OutStream(io.TextIOBase):
 _OWN_PARENT_HEADER = OutStream.__dict__["parent_header"]
 
 
-# The handlers of forked children's text, one pair per group (the thread holds
-# them: bound to the group, not to a stream that may be collected).
-
-
-#: The parent header a forked child sends (JSON) for text that goes to the cell
-#: running when it arrives: the parent's global parent then.
-FOLLOW_RUNNING_CELL = b"null"
-
-
 def _forked_output_keeps_its_cell() -> bool:
     """Whether a forked child's output stays with the cell that forked it, rather
     than going to the cell running when it arrives.
@@ -1041,6 +1035,10 @@ def _forked_output_keeps_its_cell() -> bool:
         return True
     version = getattr(sys.modules.get("ipykernel"), "version_info", None)
     return isinstance(version, tuple) and bool(version) and version[0] < 7
+
+
+# The handlers of forked children's text, one pair per group (the thread holds
+# them: bound to the group, not to a stream that may be collected).
 
 
 def _io_receive_child_text(
@@ -1089,7 +1087,7 @@ class _Sink:
 
     def publish(self, stream: OutStream, parent: Parent, text: str) -> None:
         """Send ``text``, taken from the buffer, on its way. Never raises."""
-        stream._send_messages(parent, text)
+        stream._send_messages(parent, text, stream._send)
 
     def relieve(self, stream: OutStream) -> None:
         """The backlog passed the memory bound: publish it, on the writing
@@ -1106,6 +1104,9 @@ class _NoThread(_Sink):
     def flush(self, stream: OutStream, deadline: float) -> bool:
         stream._flush()
         return True
+
+    def publish(self, stream: OutStream, parent: Parent, text: str) -> None:
+        stream._send_messages(parent, text, stream._send_without_thread)
 
 
 class _OnThread(_Sink):
@@ -1149,9 +1150,16 @@ class _ForkedChild(_Sink):
         if thread is not None and thread.pipes_to_parent:
             stream._send_to_parent(parent, text)
         else:  # (no channel: the thread says why it drops the message)
-            stream._send_messages(parent, text)
+            stream._send_messages(parent, text, stream._send)
 
 
 NO_THREAD: _Sink = _NoThread()
 ON_THREAD: _Sink = _OnThread()
 FORKED_CHILD: _Sink = _ForkedChild()
+
+
+def _sink_for(has_thread: bool, forked: bool) -> _Sink:
+    """The output path of a stream, chosen when it is made and again at fork."""
+    if not has_thread:
+        return NO_THREAD
+    return FORKED_CHILD if forked else ON_THREAD

@@ -9,7 +9,6 @@ order in which they are taken are stated in :mod:`iostream.outstream`.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import weakref
 from collections import deque
@@ -23,8 +22,6 @@ from .core import Chunk, OutputBuffer, Parent, parent_key
 from .core.policy import Do, Event, FlushState
 from .inlets import Inlets
 from .locking import locked, new_lock
-
-logger = logging.getLogger("iostream")
 
 #: Threads remembered as having set a parent without writing since (see
 #: ``StreamGroup.awaiting``): more are forgotten, which costs their first line

@@ -10,7 +10,8 @@ The protocol:
 * ``schedule(f)``: run ``f()`` on the IO thread, in order (any thread);
 * ``call_later(delay, f)`` returns a handle, ``cancel_timer(handle)`` cancels it:
   timers, from the IO thread only;
-* ``add_stop_callback(f)``: run ``f()`` on the IO thread when it stops;
+* ``add_stop_callback(f)``: run ``f()`` on the IO thread when it stops (on the
+  stopping thread, as an inline call, if it never ran);
   ``add_stopped_callback(f)``: run ``f()`` once it has stopped, on the thread that
   stopped it (a stream ends its fd capture there);
 * ``running``, ``stopping``, ``on_io_thread()``: the thread's state, and whether
@@ -108,7 +109,8 @@ class StandIn:
 
     @property
     def running(self) -> bool:
-        """Whether the wrapped thread is alive (its ``thread.is_alive()``)."""
+        """The wrapped thread's ``running`` if it has one, else whether its
+        ``thread`` is alive."""
         running = getattr(self.wrapped, "running", None)
         if isinstance(running, bool):
             return running

@@ -15,10 +15,11 @@ The model:
 * Lines stay whole: a line an owner has begun but not ended is continued by that
   owner's next write, even when another owner wrote in between (``print`` writes
   its text and its ``end`` separately; a thread printing to stderr may come
-  between the two). The other owner's text goes after the line. Lines a forked
-  child wrote (:meth:`OutputBuffer.insert_lines`) arrive complete and go before
-  the unfinished line of the stream they were written to: they were complete
-  before it, as a line-buffered terminal would show them.
+  between the two). The other owner's text goes after the line. Lines written
+  elsewhere (:meth:`OutputBuffer.insert_lines`: by a forked child, or to the
+  captured descriptor) arrive complete and go before the unfinished line of the
+  stream they were written to: they were complete before it, as a line-buffered
+  terminal would show them.
 * :meth:`OutputBuffer.drain` hands the runs out in the order they were started;
   :func:`split_text` cuts a run into messages of bounded size.
 """
@@ -73,9 +74,10 @@ class OutputBuffer:
         self._latest: dict[object, _Run] = {}
         # (parent key, owner) -> that owner's latest run under that parent
         self._mine: dict[tuple[object, int], _Run] = {}
-        # (parent key, owner) -> (run, its number of parts) when text from
-        # elsewhere (insert_lines) left that run's line unfinished: more such
-        # text continues that line (a child's flush() sends a partial line).
+        # (parent key, owner, source) -> (run, its unfinished text) when text
+        # from that source (insert_lines) left that run's line unfinished: more
+        # text from the same source continues that line (a child's flush() sends
+        # a partial line; a descriptor read may end inside one).
         self._left_unfinished: dict[tuple[object, int, object], tuple[_Run, str]] = {}
         # the run appended to last: most writes repeat its owner and parent
         self._tail: _Run | None = None
