@@ -7,7 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from kernel_harness import Kernel, KernelPair
+from kernel_harness import OURS_ARGV, Kernel, KernelPair
+
+from iostream.app.kernelspec import THREAD_INHERIT_CONTEXT
+
+#: Our kernel with ``--thread-inherit-context``: threads (and forked children)
+#: print into the cell that started them.
+OPT_IN_ARGV = [*OURS_ARGV[:4], THREAD_INHERIT_CONTEXT, *OURS_ARGV[4:]]
 
 
 @pytest.fixture(scope="session")
@@ -40,5 +46,13 @@ def fresh_kernel(
 ) -> Iterator[Kernel]:
     """A kernel of kind ``request.param`` of its own, for tests that disturb it."""
     k = Kernel(request.param, kernels_dir, log_dir)
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture
+def opt_in(kernels_dir: Path, log_dir: Path) -> Iterator[Kernel]:
+    """A fresh kernel with ``--thread-inherit-context``."""
+    k = Kernel("iostream-inherit", kernels_dir, log_dir, argv=OPT_IN_ARGV)
     yield k
     k.shutdown()

@@ -13,13 +13,9 @@ from pathlib import Path
 
 import ipykernel
 import pytest
-from kernel_harness import OURS_ARGV, Cell, Kernel
-
-from iostream.app.kernelspec import THREAD_INHERIT_CONTEXT
+from kernel_harness import Cell, Kernel
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
-
-OPT_IN_ARGV = [*OURS_ARGV[:4], THREAD_INHERIT_CONTEXT, *OURS_ARGV[4:]]
 
 
 def src(code: str) -> str:
@@ -38,13 +34,6 @@ def stream_texts(cell: Cell, name: str) -> list[str]:
 @pytest.fixture
 def ours(kernels_dir: Path, log_dir: Path) -> Iterator[Kernel]:
     k = Kernel("iostream", kernels_dir, log_dir)
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture
-def opt_in(kernels_dir: Path, log_dir: Path) -> Iterator[Kernel]:
-    k = Kernel("iostream-inherit", kernels_dir, log_dir, argv=OPT_IN_ARGV)
     yield k
     k.shutdown()
 

@@ -20,14 +20,12 @@ from pathlib import Path
 
 import ipykernel
 import pytest
-from kernel_harness import OURS_ARGV, Cell, Kernel
+from kernel_harness import Cell, Kernel
 
-from iostream.app.kernelspec import THREAD_INHERIT_CONTEXT
 from support import needs_fd_capture, needs_fork
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240), needs_fd_capture, needs_fork]
 
-OPT_IN_ARGV = [*OURS_ARGV[:4], THREAD_INHERIT_CONTEXT, *OURS_ARGV[4:]]
 #: ipykernel 6.x sends a thread's output to the cell that started it; 7.x (the
 #: default rule) to the cell running when it prints.
 THREADS_KEEP_THEIR_CELL = int(ipykernel.__version__.split(".")[0]) < 7
@@ -43,13 +41,6 @@ def src(code: str) -> str:
 def kernel(kernels_dir: Path, log_dir: Path) -> Iterator[Kernel]:
     """One of our kernels (default rule), shared by this module's cells."""
     k = Kernel("iostream", kernels_dir, log_dir)
-    yield k
-    k.shutdown()
-
-
-@pytest.fixture
-def opt_in(kernels_dir: Path, log_dir: Path) -> Iterator[Kernel]:
-    k = Kernel("iostream-inherit", kernels_dir, log_dir, argv=OPT_IN_ARGV)
     yield k
     k.shutdown()
 
