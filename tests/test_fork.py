@@ -849,3 +849,79 @@ def test_a_childs_output_goes_where_a_threads_would(tmp_path: Path, rule: str) -
     assert r["ok"] and r["status"] == 0, r
     expected = "cell 2" if rule == "default" else "cell 1"
     assert r["lines"] == [[expected, "inherited\n"], ["child's own", "own\n"]], r
+
+
+def test_a_line_after_a_flood_of_child_lines_comes_after_all_of_them(tmp_path: Path) -> None:
+    """With the order kept, a Python line written after a forked child printed
+    more lines than the IO thread reads in one batch (while that thread was
+    busy) comes after every one of them: the take-in reads batch after batch."""
+    run = run_scenario(
+        """
+        import os, time
+        from childkit import Setup, report
+        k = Setup()
+        k.module.OutStream.keep_write_order = True
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.flush_interval = 30.0  # (only the take-in reads the channel first)
+        k.thread.schedule(time.sleep, 0.3)  # the IO thread is busy a moment
+        pid = os.fork()
+        if pid == 0:
+            for i in range(600):
+                out.write(f"child {i}\\n")
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        out.write("parent, after the child exited\\n")
+        out.flush()
+        ok = k.wait_for(lambda: k.text().count("\\n") >= 601)
+        report({"ok": ok, "status": status, "lines": k.text().splitlines()})
+        """,
+        tmp_path,
+    )
+    r = run.result
+    assert r["ok"] and r["status"] == 0, r
+    assert r["lines"] == [f"child {i}" for i in range(600)] + ["parent, after the child exited"]
+
+
+@pytest.mark.parametrize("keep_write_order", [False, True])
+def test_a_childs_line_sent_during_a_cell_is_published_in_that_cell(
+    tmp_path: Path, keep_write_order: bool
+) -> None:
+    """A child's line that reached the parent during cell A, while the IO thread
+    was busy, is taken in by the flush at the end of A (ipykernel's), so it goes
+    to cell A, not to the cell running when the IO thread gets to it."""
+    run = run_scenario(
+        f"""
+        import os, time
+        from childkit import Setup, report
+        k = Setup()
+        k.module.OutStream.keep_write_order = {keep_write_order}
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        out.set_parent({{"header": {{"msg_id": "cell A"}}}})
+        def busy():
+            time.sleep(0.2)  # the IO thread is busy while the child writes
+            # ... and again right after the flush at the end of cell A (queued
+            # meanwhile), until cell B has begun
+            k.thread.schedule(time.sleep, 0.3)
+        k.thread.schedule(busy)
+        pid = os.fork()
+        if pid == 0:
+            out.write("child, during cell A\\n")
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        out.flush()  # the end of cell A
+        out.set_parent({{"header": {{"msg_id": "cell B"}}}})
+        out.write("parent, in cell B\\n")
+        out.flush()
+        ok = k.wait_for(lambda: k.text().count("\\n") >= 2)
+        report({{
+            "ok": ok, "status": status,
+            "lines": [
+                (m["parent_header"].get("msg_id"), m["content"]["text"]) for m in k.streams()
+            ],
+        }})
+        """,
+        tmp_path,
+    )
+    r = run.result
+    assert r["ok"] and r["status"] == 0, r
+    assert r["lines"] == [["cell A", "child, during cell A\n"], ["cell B", "parent, in cell B\n"]]

@@ -8,6 +8,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +202,29 @@ def test_the_library_leaves_the_order_to_the_kernel_app(tmp_path: object) -> Non
         tmp_path,  # type: ignore[arg-type]
     )
     assert run.result == {"default": False, "asks": False}
+
+
+def test_with_the_order_off_no_descriptor_is_made_for_it(tmp_path: Path) -> None:
+    """Off (the library's default), keeping the order costs no descriptor: a
+    capturing stream and a thread with a children's channel open what they did
+    before the ordering existed; on, the two busy marks' pipes and the epoll
+    instance are added. (Each count in a fresh process.)"""
+    counts = {}
+    for keep in (False, True):
+        (tmp_path / str(keep)).mkdir()
+        run = run_scenario(
+            f"""
+            from childkit import Setup, open_fds, report
+            before = open_fds()
+            k = Setup()
+            k.module.OutStream.keep_write_order = {keep}
+            out = k.module.OutStream(k.session, k.thread, "stdout", watchfd="force")
+            out.write("x\\n")
+            out.flush()
+            report({{"opened": open_fds() - before}})
+            out.close()
+            """,
+            tmp_path / str(keep),
+        )
+        counts[keep] = run.result["opened"]
+    assert counts[True] - counts[False] == 5, counts

@@ -298,9 +298,10 @@ class ChildChannel:
         on_text: TextHandler | None,
         on_message: MessageHandler,
         limit: int | None = READ_BATCH,
-    ) -> None:
+    ) -> bool:
         """Read what children sent (``limit`` datagrams at most; None: all that is
-        there) and hand each record on, in order.
+        there) and hand each record on, in order; whether ``limit`` stopped it
+        (more may be waiting).
 
         A malformed record is logged and dropped; a failing handler never stops
         the next record. IO thread of the parent only.
@@ -311,14 +312,15 @@ class ChildChannel:
             try:
                 datagram = self.reader.recv(RECORD_BYTES)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError as error:
                 logger.warning("iostream: reading children's output failed: %s", error)
-                return
+                return False
             try:
                 self._handle(datagram, on_text, on_message)
             except Exception:
                 logger.exception("iostream: handling a forked child's output failed")
+        return True
 
     def _handle(
         self, datagram: bytes, on_text: TextHandler | None, on_message: MessageHandler

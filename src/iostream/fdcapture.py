@@ -53,6 +53,8 @@ class FdCapture:
 
     A control pipe carries requests to the reader: ``REQUEST_STOP`` (drain, then end) and
     ``REQUEST_SYNC`` (drain what is in the pipe now, then wake the waiters).
+    ``keep_write_order``: :attr:`busy` gets a descriptor an
+    :class:`~iostream.inlets.Inlets` can poll (see :mod:`iostream.inlets`).
     """
 
     #: Whether this platform's descriptors can be captured at all
@@ -60,7 +62,9 @@ class FdCapture:
     #: creating one. Constant; any thread.
     SUPPORTED: ClassVar[bool] = platform.CAN_CAPTURE_FDS
 
-    def __init__(self, fd: int, on_text: Callable[[str], None]) -> None:
+    def __init__(
+        self, fd: int, on_text: Callable[[str], None], keep_write_order: bool = False
+    ) -> None:
         self.fd = fd
         self._on_text = on_text
         #: This process is a forked child of the one that made the capture.
@@ -73,8 +77,9 @@ class FdCapture:
         self._stop_read, self._stop_write = os.pipe()  # the control pipe
         self._waiters: list[Completion] = []
         self._waiters_lock = new_lock()
-        # Held while the reader holds bytes it has not delivered yet (an inlet).
-        self.busy = BusyMark()
+        # Held while the reader holds bytes it has not delivered yet; a pipe an
+        # Inlets polls only where writes keep their order with this descriptor.
+        self.busy = BusyMark(pollable=keep_write_order)
         self._finished = False  # the reader has ended (guarded by _waiters_lock)
         self._restored = False  # fd holds the original again (stop)
         self._released = False  # the pipe is closed (stop)

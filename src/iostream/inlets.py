@@ -157,17 +157,21 @@ class Inlets:
 
 
 class BusyMark:
-    """A pipe that is readable while a reader holds text it has read but not yet
-    delivered, so that one poll of the inlets sees that text as waiting too.
+    """Whether a reader holds text it has read but not yet delivered (``held``);
+    with ``pollable``, also a pipe (``fd``) that is readable meanwhile, so that
+    one poll of the inlets sees that text as waiting too.
 
     Set and cleared by the reader's own thread only; ``held`` may be read from
-    any thread. Each costs one system call (set only when not held already).
+    any thread. With the pipe, each costs one system call (set only when not
+    held already); without it (output order not kept), none.
     """
 
-    def __init__(self) -> None:
-        self.fd, self._write_fd = os.pipe()
-        os.set_blocking(self.fd, False)
-        os.set_blocking(self._write_fd, False)
+    def __init__(self, pollable: bool = True) -> None:
+        self.fd = self._write_fd = -1
+        if pollable:
+            self.fd, self._write_fd = os.pipe()
+            os.set_blocking(self.fd, False)
+            os.set_blocking(self._write_fd, False)
         self.held = False
         self._closed = False
 
@@ -175,22 +179,25 @@ class BusyMark:
         """The reader is about to read: mark it holding. The reader's thread."""
         if not self.held and not self._closed:
             self.held = True
-            with contextlib.suppress(OSError):
-                os.write(self._write_fd, b"b")
+            if self._write_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(self._write_fd, b"b")
 
     def clear(self) -> None:
         """The reader delivered what it read. The reader's thread."""
         if self.held and not self._closed:
-            with contextlib.suppress(OSError):
-                os.read(self.fd, 4096)
+            if self.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.read(self.fd, 4096)
             self.held = False
 
     def close(self) -> None:
-        """Close both ends. Idempotent (a descriptor number closed twice could
+        """Close the pipe. Idempotent (a descriptor number closed twice could
         be another's by then)."""
         if self._closed:
             return
         self._closed = True
         for fd in (self.fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)

@@ -45,6 +45,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from enum import Enum
 from itertools import repeat
+from time import monotonic as _monotonic
 from typing import Any
 
 import zmq
@@ -285,7 +286,6 @@ class IOPubThread:
                 return
             if self._pipe_flag:
                 try:
-                    self._children_busy = BusyMark()
                     self._channel = ChildChannel()
                 except OSError as error:  # (out of descriptors): no child output
                     logger.error("iostream: no channel for forked children: %s", error)
@@ -328,8 +328,11 @@ class IOPubThread:
             if self.forked and self._channel is not None:
                 # (A forked child at exit: its text is in the parent's hands first.)
                 self._channel.sync(self._channel.send_timeout)
-        self._close_pipes()
+        # The stopped callbacks first: a stream stops watching the channel (epoll
+        # forgets a descriptor only once every copy is closed, and forked
+        # children may hold copies) before it is closed.
         self._run_callbacks(self._stopped_callbacks)
+        self._close_pipes()
 
     def close(self) -> None:
         """Stop the thread if needed, then close the IOPub socket. Idempotent.
@@ -488,7 +491,7 @@ class IOPubThread:
         add_reader(self.io_loop, self.pipe_in, lambda _frames: None, after=self._io_run_pending)
         if self._channel is not None:
             self.io_loop.add_handler(
-                self._channel.reader.fileno(), self._io_read_children, IOLoop.READ
+                self._channel.reader.fileno(), self._io_on_children_readable, IOLoop.READ
             )
         if self._is_xpub and not self.forked:
             self.io_loop.add_handler(self.socket, self._io_on_socket_event, IOLoop.READ)
@@ -523,14 +526,21 @@ class IOPubThread:
             self._call(f, args, kwargs)
         self.io_loop.add_callback(self._io_run_pending)  # the rest in the next pass
 
-    def _io_read_children(self, _fd: Any = None, _events: int = 0) -> None:
-        """Hand what forked children sent to the streams (text) or the socket."""
+    def _io_on_children_readable(self, _fd: Any, _events: int) -> None:
+        self._io_read_children()
+
+    def _io_read_children(self) -> bool:
+        """Hand what forked children sent to the streams (text) or the socket, a
+        batch at most; whether more may be waiting."""
         channel, busy = self._channel, self._children_busy
-        if channel is not None and busy is not None:
+        if channel is None:
+            return False
+        if busy is not None:
             busy.set()  # (what is read is not yet delivered)
-            try:
-                channel.read(self._child_text_handler, self._io_forward_child_message)
-            finally:
+        try:
+            return channel.read(self._child_text_handler, self._io_forward_child_message)
+        finally:
+            if busy is not None:
                 busy.clear()
 
     def _io_read_all_children(self) -> None:
@@ -653,33 +663,46 @@ class IOPubThread:
         self._child_text_handler = handler
         self._child_text_publish = publish
 
-    @property
-    def children_fds(self) -> tuple[int, ...]:
+    def watch_children(self) -> tuple[int, ...]:
         """The descriptors to watch for forked children's text not yet taken in,
-        in the parent of a running ``pipe=True`` thread: the channel, and the
-        mark the IO thread holds while it reads it; else none. Any thread."""
-        channel, busy = self._channel, self._children_busy
-        if self.forked or channel is None or busy is None or self._state is not _State.RUNNING:
-            return ()
-        return (channel.reader.fileno(), busy.fd)
+        in the parent of a running ``pipe=True`` thread: the channel, and a mark
+        the IO thread holds from now on while it reads it (made at the first
+        call: no cost for those who never ask); else none. Any thread."""
+        return locked(self._lock, self._watch_children_locked)
 
-    def take_in_children(self, timeout: float) -> bool:
+    def _watch_children_locked(self) -> tuple[int, ...]:
+        channel = self._channel
+        if self.forked or channel is None or self._state is not _State.RUNNING:
+            return ()
+        if self._children_busy is None:
+            try:
+                self._children_busy = BusyMark()
+            except OSError as error:  # (out of descriptors): the channel alone
+                logger.error("iostream: cannot mark children's text in hand: %s", error)
+                return (channel.reader.fileno(),)
+        return (channel.reader.fileno(), self._children_busy.fd)
+
+    def take_in_children(self, timeout: float, wait: bool = True) -> bool:
         """Have the IO thread take in what forked children sent so far (hand it
-        to the child text handler) before this returns; whether it did within
-        ``timeout`` seconds. True at once on the IO thread or without a running
-        thread. Any thread."""
+        to the child text handler), reading for ``timeout`` seconds at most,
+        before any call scheduled after this one. With ``wait``, also wait for
+        it: whether it was done within ``timeout``. True at once on the IO thread
+        or without a running thread; False without ``wait``. Any thread."""
         if self.on_io_thread():
             return True
         done = Completion()
+        call: Call = (self._io_take_in_children, (done, _monotonic() + timeout), {})
         # Queued only while the thread runs, never run inline: after stop the
         # channel is closed (and its descriptor numbers may be another's).
-        if not locked(self._lock, self._queue_if_running, (self._io_take_in_children, (done,), {})):
+        if not locked(self._lock, self._queue_if_running, call):
             return True
-        return done.wait(timeout)
+        return wait and done.wait(timeout)
 
-    def _io_take_in_children(self, done: Completion) -> None:
+    def _io_take_in_children(self, done: Completion, deadline: float) -> None:
         try:
-            self._io_read_children()
+            # Batch after batch, until none is left or the asker stops waiting.
+            while self._io_read_children() and _monotonic() < deadline:
+                pass
         finally:
             done.set()
 

@@ -492,7 +492,7 @@ class OutStream(io.TextIOBase):
         thread = self._link
         if thread is None or not self.keep_write_order:
             return
-        fds = thread.children_fds
+        fds = thread.watch_children()
         group = self._group
         if fds and group.children_fds != fds:
             group.children_fds = fds
@@ -928,7 +928,7 @@ class OutStream(io.TextIOBase):
         except Exception:
             fd = _STD_FDS[name]
         self._original_stdstream_fd = fd
-        self._capture = FdCapture(fd, self._buffer_from_fd)
+        self._capture = FdCapture(fd, self._buffer_from_fd, self.keep_write_order)
         self._original_stdstream_copy = self._capture.original_copy
         self._fid = self._capture.read_fd
         self._capture.start(self._watch_pipe_fd)
@@ -1120,6 +1120,9 @@ class _OnThread(_Sink):
             stream._run_on(thread, stream._flush)
             return True
         done = Completion()
+        # What forked children sent before this flush goes with it, to the cell
+        # running now (their text follows the running cell: _send_to_parent).
+        thread.take_in_children(max(0.0, deadline - _monotonic()), wait=False)
         thread.schedule(stream._flush)
         thread.schedule(done.set)
         return done.wait(max(0.0, deadline - _monotonic()))

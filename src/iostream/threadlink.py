@@ -21,8 +21,9 @@ The protocol:
   licence of :mod:`iostream.core.policy` relies on the promised timer running);
 * the forked-child link: ``pipes_to_parent``, ``send_child_text``,
   ``wait_delivered`` and ``set_child_text_handler``; in the parent,
-  ``children_fds`` and ``take_in_children`` (children's text taken in before a
-  write, see :mod:`iostream.inlets`) (see :class:`iostream.IOPubThread`).
+  ``watch_children`` and ``take_in_children`` (children's text taken in before a
+  write, see :mod:`iostream.inlets`, and before a flush) (see
+  :class:`iostream.IOPubThread`).
 
 This module imports neither :mod:`iostream.iothread` nor
 :mod:`iostream.outstream`, so neither needs the other for its types.
@@ -39,7 +40,7 @@ ChildTextHandler = Callable[[int, str, dict[str, Any] | None, str], None]
 
 #: The attributes (besides the methods below) of the protocol: all of
 #: :class:`IOThread`'s, so an object is used without a StandIn only if it has them all.
-ATTRIBUTES = ("drains_before_stop", "running", "stopping", "pipes_to_parent", "children_fds")
+ATTRIBUTES = ("drains_before_stop", "running", "stopping", "pipes_to_parent")
 
 #: The methods of the protocol.
 PROTOCOL = (
@@ -52,6 +53,7 @@ PROTOCOL = (
     "set_child_text_handler",
     "send_child_text",
     "wait_delivered",
+    "watch_children",
     "take_in_children",
 )
 
@@ -70,10 +72,9 @@ class IOThread(Protocol):
     @property
     def pipes_to_parent(self) -> bool: ...
 
-    @property
-    def children_fds(self) -> tuple[int, ...]: ...
+    def watch_children(self) -> tuple[int, ...]: ...
 
-    def take_in_children(self, timeout: float) -> bool: ...
+    def take_in_children(self, timeout: float, wait: bool = True) -> bool: ...
 
     def schedule(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
 
@@ -127,12 +128,11 @@ class StandIn:
         """Always False: output of forked children is not ours to route here."""
         return False
 
-    @property
-    def children_fds(self) -> tuple[int, ...]:
+    def watch_children(self) -> tuple[int, ...]:
         """Always empty: a foreign thread has no channel of ours."""
         return ()
 
-    def take_in_children(self, timeout: float) -> bool:
+    def take_in_children(self, timeout: float, wait: bool = True) -> bool:
         """Always True: nothing to take in."""
         return True
 
