@@ -327,7 +327,9 @@ class OutStream(io.TextIOBase):
         self._warned_echo = False
         self._echo: Any = None
         self._group = group_for(
-            pub_thread if pub_thread is not None else session, threaded=pub_thread is not None
+            pub_thread if pub_thread is not None else session,
+            threaded=pub_thread is not None,
+            drains_before_stop=self._link is not None and self._link.drains_before_stop,
         )
         # Where text goes in this process state (see _Sink); swapped at fork. (A
         # stream made in a forked child finds its group forked already.)
@@ -629,8 +631,7 @@ class OutStream(io.TextIOBase):
         if thread is not None and thread.running:
             self._watch_children()  # (a stream made before the thread started)
             thread.schedule(self._io_on_timer)
-            # The licence relies on the timer running before the thread stops.
-            return thread.drains_before_stop
+            return True  # (whether that licenses the fast path is the policy's)
         self._run_on(thread, self._flush)
         return False
 
@@ -703,7 +704,6 @@ class OutStream(io.TextIOBase):
             on_io_thread
             and not self._timer_flushing
             and thread is not None
-            and thread.drains_before_stop
             and thread.running
             and not thread.stopping
         )

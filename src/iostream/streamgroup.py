@@ -51,11 +51,14 @@ class StreamGroup:
     itself.
     """
 
-    def __init__(self, threaded: bool = True) -> None:
+    def __init__(self, threaded: bool = True, drains_before_stop: bool = True) -> None:
         # The streams of the group (OutStream; typed loosely: outstream imports us).
         self.members: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self.forked = False  # this process is a fork of the one that made the group
         self.threaded = threaded  # an IO thread publishes (else the writers do)
+        # The thread runs every call scheduled before it stops: the licence
+        # relies on the promised timer running (threadlink's drains_before_stop).
+        self.drains_before_stop = drains_before_stop
         # Where text from outside the Python streams waits (fd capture pipes, the
         # children's channel), taken in before a write; and the channel's fds.
         self.inlets = Inlets()
@@ -77,7 +80,9 @@ class StreamGroup:
         # several threads may lose updates; every move into ``buffer`` resets it).
         self.incoming_chars = 0
         timed = self.threaded and not self.forked  # else line-buffered, as a terminal
-        self.flow = FlushState(licensable=timed, line_buffered=not timed)
+        self.flow = FlushState(
+            licensable=timed and self.drains_before_stop, line_buffered=not timed
+        )
         # ``incoming_chars`` past which a writer has the timer look at once: the
         # policy's ``wake_backlog`` less what ``buffer`` holds (see _rewatch).
         self.wake_incoming: float = self.flow.wake_backlog
@@ -294,14 +299,14 @@ _groups_lock = _GroupsLock()
 forksafety.register(_groups_lock)
 
 
-def group_for(key: Any, threaded: bool) -> StreamGroup:
+def group_for(key: Any, threaded: bool, drains_before_stop: bool = True) -> StreamGroup:
     """The group of the streams that publish through ``key`` (a thread, or a
     session when ``threaded`` is False). Any thread."""
     with _groups_lock.lock:
         try:
             group = _groups.get(key)
             if group is None:
-                group = _groups[key] = StreamGroup(threaded)
+                group = _groups[key] = StreamGroup(threaded, drains_before_stop)
             return group
         except TypeError:  # not weak-referenceable or not hashable: no sharing
-            return StreamGroup(threaded)
+            return StreamGroup(threaded, drains_before_stop)

@@ -27,9 +27,9 @@ WRITE       PROMISED or      unchanged, no ticket; PROMISED with a new ticket if
                              scheduling its timer: promise again), or if a
                              NEW_PARENT came since it was made
 TIMER_SET   PROMISED         LICENSED if the ticket is the current promise's,
-                             licences are allowed (an IO thread, not in a forked
-                             child) and no NEW_PARENT came since the promise;
-                             else unchanged
+                             licences are allowed (an IO thread that drains
+                             before it stops, not in a forked child) and no
+                             NEW_PARENT came since the promise; else unchanged
 FLUSH       any              IDLE: the promised flush (timer, stop) or a flush
                              that ends the promise took everything
 KEEP_FLUSH  LICENSED         LICENSED: an explicit flush on a running IO thread
@@ -171,7 +171,8 @@ class FlushState:
         self.quiet_gap = quiet_gap
         self.burst_chars = burst_chars
         #: Whether TIMER_SET may license the fast path (False without an IO
-        #: thread, and in a forked child).
+        #: thread that runs every scheduled call before it stops, and in a
+        #: forked child).
         self.licensable = licensable
         #: Published at each newline by the writer, not by a timer (no IO
         #: thread, or a forked child).
