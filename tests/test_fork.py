@@ -925,3 +925,48 @@ def test_a_childs_line_sent_during_a_cell_is_published_in_that_cell(
     r = run.result
     assert r["ok"] and r["status"] == 0, r
     assert r["lines"] == [["cell A", "child, during cell A\n"], ["cell B", "parent, in cell B\n"]]
+
+
+def test_flush_returns_while_children_keep_printing(tmp_path: Path) -> None:
+    """flush() takes in what forked children sent before it, but never waits for
+    children that keep sending: it returns, and the IO thread serves other
+    calls, while six children still print as fast as they can."""
+    run = run_scenario(
+        """
+        import os, signal, threading, time
+        from childkit import Setup, report
+        from iostream.completion import Completion
+        k = Setup(slim=True)
+        out = k.module.OutStream(k.session, k.thread, "stdout", watchfd=False)
+        pids = []
+        for c in range(6):
+            pid = os.fork()
+            if pid == 0:
+                end = time.monotonic() + 8  # (bounded, whatever happens)
+                while time.monotonic() < end:
+                    out.write(f"child {c} " + "x" * 40 + "\\n")
+                os._exit(0)
+            pids.append(pid)
+        time.sleep(0.5)
+        out.write("parent\\n")
+        served = Completion()
+        def other():  # a status message, say, queued while the flush runs
+            time.sleep(0.01)
+            k.thread.schedule(served.set)
+        t = threading.Thread(target=other)
+        t.start()
+        out.flush()
+        t.join()
+        other_served = served.wait(5)
+        still_printing = [os.waitpid(p, os.WNOHANG) == (0, 0) for p in pids]
+        for p in pids:
+            os.kill(p, signal.SIGKILL)
+            os.waitpid(p, 0)
+        report({"other_served": other_served, "still_printing": still_printing})
+        """,
+        tmp_path,
+        timeout=60,
+    )
+    r = run.result
+    assert r["other_served"], r
+    assert all(r["still_printing"]), r  # (flush returned before they ended)

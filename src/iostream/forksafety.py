@@ -23,6 +23,12 @@ class ForkAware(Protocol):
 
 _registry: weakref.WeakSet[ForkAware] = weakref.WeakSet()
 
+#: Whether this process has forked a child with ``os.fork`` (so with
+#: multiprocessing's fork start method too) since it started, or since it was
+#: forked itself. Only such children can write to our channel: an exec'd one
+#: never inherits it. Read from any thread.
+children_forked = False
+
 
 def register(obj: ForkAware) -> None:
     """Have ``obj._after_fork_in_child()`` run in every forked child. Any thread."""
@@ -30,6 +36,8 @@ def register(obj: ForkAware) -> None:
 
 
 def _reset_in_child() -> None:
+    global children_forked
+    children_forked = False
     for obj in list(_registry):
         try:
             obj._after_fork_in_child()
@@ -37,5 +45,10 @@ def _reset_in_child() -> None:
             logger.exception("iostream: resetting %r after fork failed", obj)
 
 
+def _note_child() -> None:
+    global children_forked
+    children_forked = True
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_in_child)
+    os.register_at_fork(after_in_child=_reset_in_child, after_in_parent=_note_child)

@@ -45,7 +45,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from enum import Enum
 from itertools import repeat
-from time import monotonic as _monotonic
 from typing import Any
 
 import zmq
@@ -58,6 +57,12 @@ from .inlets import BusyMark
 from .locking import locked, new_lock
 
 __all__ = ["CHILD", "MASTER", "PIPE_BUFFER_SIZE", "BackgroundSocket", "IOPubThread", "send_frames"]
+
+#: The most batches (of :data:`~iostream.childchannel.READ_BATCH` datagrams) one
+#: take-in of children's text reads: all that a child that printed and exited
+#: left, in a few milliseconds, but never the IO thread held for long by
+#: children that keep sending (what they send meanwhile has no order to keep).
+TAKE_IN_BATCHES = 8
 
 logger = logging.getLogger("iostream")
 
@@ -284,13 +289,16 @@ class IOPubThread:
         with self._lock:
             if self._state is not _State.NEW:
                 return
+            failed: OSError | None = None
             if self._pipe_flag:
                 try:
                     self._channel = ChildChannel()
                 except OSError as error:  # (out of descriptors): no child output
-                    logger.error("iostream: no channel for forked children: %s", error)
+                    failed = error
             self._state = _State.RUNNING
             self._wake_pending = bool(self._events)
+        if failed is not None:  # (logged outside _lock, a leaf: a handler may print)
+            logger.error("iostream: no channel for forked children: %s", failed)
         self.thread.start()
         atexit.register(self.stop)
 
@@ -675,36 +683,40 @@ class IOPubThread:
         if self.forked or channel is None or self._state is not _State.RUNNING:
             return ()
         if self._children_busy is None:
-            try:
+            # (A read already under way when the mark is made holds its text
+            # unmarked: the one write at that moment may come before it.)
+            with contextlib.suppress(OSError):  # (out of descriptors: the channel alone)
                 self._children_busy = BusyMark()
-            except OSError as error:  # (out of descriptors): the channel alone
-                logger.error("iostream: cannot mark children's text in hand: %s", error)
-                return (channel.reader.fileno(),)
+        if self._children_busy is None:
+            return (channel.reader.fileno(),)
         return (channel.reader.fileno(), self._children_busy.fd)
 
     def take_in_children(self, timeout: float, wait: bool = True) -> bool:
         """Have the IO thread take in what forked children sent so far (hand it
-        to the child text handler), reading for ``timeout`` seconds at most,
-        before any call scheduled after this one. With ``wait``, also wait for
-        it: whether it was done within ``timeout``. True at once on the IO thread
-        or without a running thread; False without ``wait``. Any thread."""
-        if self.on_io_thread():
+        to the child text handler) before any call scheduled after this one: at
+        most :data:`TAKE_IN_BATCHES` batches, so children that never stop
+        sending hold the IO thread only that long. With ``wait``, also wait for
+        it: whether it was done within ``timeout``. True at once where there is
+        nothing to take in (no channel, no child forked, on the IO thread,
+        without a running thread); False without ``wait``. Any thread."""
+        if self._channel is None or not forksafety.children_forked or self.on_io_thread():
             return True
-        done = Completion()
-        call: Call = (self._io_take_in_children, (done, _monotonic() + timeout), {})
+        done = Completion() if wait else None
         # Queued only while the thread runs, never run inline: after stop the
         # channel is closed (and its descriptor numbers may be another's).
+        call: Call = (self._io_take_in_children, (done,), {})
         if not locked(self._lock, self._queue_if_running, call):
             return True
-        return wait and done.wait(timeout)
+        return done is not None and done.wait(timeout)
 
-    def _io_take_in_children(self, done: Completion, deadline: float) -> None:
+    def _io_take_in_children(self, done: Completion | None) -> None:
         try:
-            # Batch after batch, until none is left or the asker stops waiting.
-            while self._io_read_children() and _monotonic() < deadline:
-                pass
+            for _ in range(TAKE_IN_BATCHES):
+                if not self._io_read_children():
+                    break  # (none left)
         finally:
-            done.set()
+            if done is not None:
+                done.set()
 
     @property
     def pipes_to_parent(self) -> bool:

@@ -492,8 +492,8 @@ class OutStream(io.TextIOBase):
         """Have forked children's text taken in before a write (an inlet), once
         the thread's channel exists. Any thread."""
         thread = self._link
-        if thread is None or not self.keep_write_order:
-            return
+        if thread is None or not self.keep_write_order or self._group.children_fds:
+            return  # (watched already: until the thread stops)
         fds = thread.watch_children()
         group = self._group
         if fds and group.children_fds != fds:
