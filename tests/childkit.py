@@ -87,6 +87,10 @@ class Setup:
     def streams(self) -> list[dict[str, Any]]:
         return [m for m in self.messages if m["msg_type"] == "stream"]
 
+    def cells(self) -> list[tuple[Any, str]]:
+        """Each stream message as (its parent's msg_id, its text), in order."""
+        return [(m["parent_header"].get("msg_id"), m["content"]["text"]) for m in self.streams()]
+
 
 def report(result: dict[str, Any]) -> None:
     """Write the scenario's findings where the test reads them."""

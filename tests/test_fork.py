@@ -836,12 +836,7 @@ def test_a_childs_output_goes_where_a_threads_would(tmp_path: Path, rule: str) -
         os.write(from_parent, b"go")
         _, status = os.waitpid(pid, 0)
         ok = k.wait_for(lambda: "own" in k.text())
-        report({{
-            "ok": ok, "status": status,
-            "lines": [
-                (m["parent_header"].get("msg_id"), m["content"]["text"]) for m in k.streams()
-            ],
-        }})
+        report({{"ok": ok, "status": status, "lines": k.cells()}})
         """,
         tmp_path,
     )
@@ -913,12 +908,7 @@ def test_a_childs_line_sent_during_a_cell_is_published_in_that_cell(
         out.write("parent, in cell B\\n")
         out.flush()
         ok = k.wait_for(lambda: k.text().count("\\n") >= 2)
-        report({{
-            "ok": ok, "status": status,
-            "lines": [
-                (m["parent_header"].get("msg_id"), m["content"]["text"]) for m in k.streams()
-            ],
-        }})
+        report({{"ok": ok, "status": status, "lines": k.cells()}})
         """,
         tmp_path,
     )

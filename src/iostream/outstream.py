@@ -496,7 +496,7 @@ class OutStream(io.TextIOBase):
             return  # (watched already: until the thread stops)
         fds = thread.watch_children()
         group = self._group
-        if fds and group.children_fds != fds:
+        if fds:
             group.children_fds = fds
             for fd in fds:
                 group.inlets.add(fd, thread.take_in_children)
@@ -1122,7 +1122,7 @@ class _OnThread(_Sink):
         done = Completion()
         # What forked children sent before this flush goes with it, to the cell
         # running now (their text follows the running cell: _send_to_parent).
-        thread.take_in_children(max(0.0, deadline - _monotonic()), wait=False)
+        thread.take_in_children(0.0, wait=False)
         thread.schedule(stream._flush)
         thread.schedule(done.set)
         return done.wait(max(0.0, deadline - _monotonic()))
