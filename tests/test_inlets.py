@@ -228,3 +228,28 @@ def test_with_the_order_off_no_descriptor_is_made_for_it(tmp_path: Path) -> None
         )
         counts[keep] = run.result["opened"]
     assert counts[True] - counts[False] == 5, counts
+
+
+def test_nothing_is_taken_in_from_children_before_a_child_was_forked(tmp_path: Path) -> None:
+    """Until this process forks, no child can have written to the channel, so a
+    take-in of children's text answers at once, even while the IO thread is busy
+    (no call queued behind it); once a child was forked, it asks the IO thread
+    (which, busy for a second, does not answer within 0.2 s)."""
+    run = run_scenario(
+        """
+        import os, time
+        from childkit import Setup, report
+        k = Setup()
+        k.thread.schedule(time.sleep, 1.0)  # the IO thread is busy
+        before = k.thread.take_in_children(0.2)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        k.thread.schedule(time.sleep, 1.0)
+        after = k.thread.take_in_children(0.2)
+        report({"before": before, "after": after})
+        """,
+        tmp_path,
+    )
+    assert run.result == {"before": True, "after": False}

@@ -889,3 +889,21 @@ def test_writes_after_stop_are_published_when_every_stream_overrides_flush(
     stdout.write("after\n")
     kernel.receiver.wait_for_text("before\nbatched\nafter\n", "stdout")
     assert kernel.receiver.text("stdout") == "before\nbatched\nafter\n"
+
+
+@pytest.mark.parametrize("drains_before_stop", [True, False])
+def test_only_a_thread_that_drains_before_it_stops_licenses_the_fast_path(
+    drains_before_stop: bool,
+) -> None:
+    """The fast path relies on the promised timer running before the thread
+    stops; a thread that does not promise it (a foreign one, wrapped in
+    threadlink's StandIn) keeps every write on the checked path."""
+    from iostream.core.policy import Do
+    from iostream.streamgroup import StreamGroup
+
+    group = StreamGroup(threaded=True, drains_before_stop=drains_before_stop)
+    group.add(1, {}, "x")
+    do, ticket = group.written(0.0, 0.2, "x", 1e9)
+    assert do is Do.SET_TIMER
+    group.license(0.0, ticket)
+    assert group.flow.licensed is drains_before_stop
